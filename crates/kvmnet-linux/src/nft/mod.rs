@@ -1,0 +1,10 @@
+//! nf_tables over netlink: dumps every table, chain, rule, set (with elements), object and
+//! flowtable of the calling thread's namespace straight from the kernel, keeping rules as the
+//! register-machine expressions the kernel runs. This is both lossless (foreign tables included)
+//! and far cheaper than `nft -j list ruleset`, which formats JSON in user space.
+
+mod attr;
+mod decode;
+
+pub use attr::{Attr, AttrIter};
+pub use decode::dump_ruleset;

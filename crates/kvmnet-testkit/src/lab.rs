@@ -1,0 +1,186 @@
+//! A NAT lab: one hypervisor namespace with a bridge and NAT to an upstream namespace, and
+//! namespace guests on the bridge.
+//!
+//! ```text
+//!   [g1 10.0.0.11]--vnet1--+                                hv                     up ("internet")
+//!   [g2 10.0.0.12]--vnet2--+--br0 10.0.0.1/24 ip_forward=1 uplink 198.51.100.2 == down0 198.51.100.1
+//!   [g3 10.0.0.13]--vnet3--+   nft: masquerade 10.0.0.0/24 out of uplink        lo 203.0.113.1/32
+//! ```
+//! The upstream has no route back to 10.0.0.0/8, as a real one would not: only NATed traffic
+//! gets answers.
+
+use anyhow::Result;
+
+use crate::netns::Netns;
+
+/// How to build a lab.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    pub guests: usize,
+    /// The bridge's name in the hypervisor namespace.
+    pub bridge: String,
+    /// Third octet of the 10.0.X.0/24 guest subnet.
+    pub subnet: u8,
+    /// Masquerade guest traffic out of the uplink (an nft table `ip kvmlab`).
+    pub nat: bool,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec {
+            guests: 3,
+            bridge: "br0".into(),
+            subnet: 0,
+            nat: true,
+        }
+    }
+}
+
+/// A namespace guest.
+#[derive(Debug)]
+pub struct Guest {
+    pub ns: Netns,
+    /// The guest's address (without prefix).
+    pub ip: String,
+    /// The host-side veth in the hypervisor namespace.
+    pub host_dev: String,
+    pub mac: String,
+}
+
+impl Guest {
+    /// The guest's name as kvmnet reports it (the namespace name).
+    pub fn name(&self) -> &str {
+        self.ns.name()
+    }
+}
+
+/// A built lab; dropping it deletes every namespace.
+#[derive(Debug)]
+pub struct Lab {
+    pub spec: LabSpec,
+    // guests first so they are dropped before the hypervisor (order does not matter to the
+    // kernel, but it keeps `ip netns` output tidy)
+    pub guests: Vec<Guest>,
+    pub hv: Netns,
+    pub up: Netns,
+}
+
+impl Lab {
+    /// The standard NAT lab with `n` guests.
+    pub fn nat(n: usize) -> Result<Lab> {
+        Lab::build(LabSpec {
+            guests: n,
+            ..Default::default()
+        })
+    }
+
+    /// Builds a lab from a spec.
+    pub fn build(spec: LabSpec) -> Result<Lab> {
+        let prefix = Netns::unique_prefix();
+        let hv = Netns::create(&prefix, "hv")?;
+        let up = Netns::create(&prefix, "up")?;
+        let mut lab = Lab {
+            spec: spec.clone(),
+            guests: vec![],
+            hv,
+            up,
+        };
+        let s = spec.subnet;
+        let br = spec.bridge.as_str();
+        let hv = &lab.hv;
+        hv.ip(&["link", "add", br, "type", "bridge"])?;
+        // pin the bridge MAC: otherwise it follows the lowest port MAC and changes with ports
+        hv.ip(&[
+            "link",
+            "set",
+            br,
+            "address",
+            &format!("02:00:0a:00:{s:02x}:01"),
+        ])?;
+        hv.ip(&["addr", "add", &format!("10.0.{s}.1/24"), "dev", br])?;
+        hv.ip(&["link", "set", br, "up"])?;
+        hv.ip(&[
+            "link",
+            "add",
+            "uplink",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "down0",
+            "netns",
+            lab.up.name(),
+        ])?;
+        hv.ip(&["addr", "add", "198.51.100.2/24", "dev", "uplink"])?;
+        hv.ip(&["link", "set", "uplink", "up"])?;
+        lab.up
+            .ip(&["addr", "add", "198.51.100.1/24", "dev", "down0"])?;
+        lab.up.ip(&["addr", "add", "203.0.113.1/32", "dev", "lo"])?;
+        lab.up.ip(&["link", "set", "down0", "up"])?;
+        hv.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
+        hv.sysctl("net.ipv4.ip_forward", "1")?;
+        if spec.nat {
+            hv.nft(&format!(
+                "table ip kvmlab {{\n chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n  ip saddr 10.0.{s}.0/24 oifname \"uplink\" counter masquerade comment \"lab-masq\"\n }}\n}}\n"
+            ))?;
+        }
+        for i in 1..=spec.guests {
+            lab.add_guest(i)?;
+        }
+        Ok(lab)
+    }
+
+    /// Adds guest number `i` (namespace `<prefix>-g<i>`, veth `vnet<i>` on the bridge).
+    pub fn add_guest(&mut self, i: usize) -> Result<()> {
+        let prefix = self
+            .hv
+            .name()
+            .strip_suffix("-hv")
+            .unwrap_or(self.hv.name())
+            .to_string();
+        let ns = Netns::create(&prefix, &format!("g{i}"))?;
+        let s = self.spec.subnet;
+        let dev = format!("vnet{i}");
+        let mac = format!("52:54:00:00:{s:02x}:{i:02x}");
+        let ip = format!("10.0.{s}.{}", 10 + i);
+        self.hv.ip(&[
+            "link",
+            "add",
+            &dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        self.hv
+            .ip(&["link", "set", &dev, "master", &self.spec.bridge])?;
+        self.hv.ip(&["link", "set", &dev, "up"])?;
+        ns.ip(&["link", "set", "eth0", "address", &mac])?;
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["route", "add", "default", "via", &format!("10.0.{s}.1")])?;
+        self.guests.push(Guest {
+            ns,
+            ip,
+            host_dev: dev,
+            mac,
+        });
+        Ok(())
+    }
+
+    /// The gateway address guests use.
+    pub fn gateway(&self) -> String {
+        format!("10.0.{}.1", self.spec.subnet)
+    }
+
+    /// Pings `target` from guest `i` (0-based); true when a reply came back.
+    pub fn guest_pings(&self, i: usize, target: &str) -> bool {
+        self.guests[i]
+            .ns
+            .exec(&["ping", "-c1", "-W1", "-n", "-q", target])
+            .is_ok()
+    }
+}

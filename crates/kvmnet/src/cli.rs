@@ -1,0 +1,113 @@
+//! Command-line definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvmnet",
+    version,
+    about = "See, diagnose, trace and configure virtual-machine networking on KVM hosts",
+    long_about = "kvmnet reads a KVM host's network (links, bridges, taps, VMs, addresses, routes, \
+neighbours, FDB, sysctls, nftables, qdiscs, libvirt networks and domains) straight from the \
+kernel, shows it, and explains why a VM has no network.",
+    after_help = "Examples:\n  kvmnet show                      the VM view and every section of this host\n  kvmnet show --netns hv1 vms      one section, for a network namespace\n  kvmnet snapshot -o host.json     save the whole state (add --redact for a ticket)\n  kvmnet show --from host.json     read a snapshot instead of the live host"
+)]
+pub struct Cli {
+    /// Colour output: auto (only on a terminal, never with NO_COLOR), always or never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    pub color: ColorChoice,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the host's network: VMs first, then links, addresses, routes and more.
+    #[command(
+        after_help = "Sections: vms, networks, links, addrs, routes, rules, neigh, fdb, \
+sysctl, nft, qdisc, sockets, warnings.\n\nExamples:\n  kvmnet show\n  kvmnet show vms links\n  \
+kvmnet show --json\n  kvmnet show -o yaml --netns hv1\n  kvmnet show routes --from host.json"
+    )]
+    Show(ShowArgs),
+    /// Save the whole host state to a JSON snapshot file.
+    #[command(
+        after_help = "Examples:\n  kvmnet snapshot -o host.json\n  kvmnet snapshot --redact -o ticket.json   \
+MACs hashed, public addresses replaced\n  kvmnet snapshot --netns hv1 -o -        write to stdout"
+    )]
+    Snapshot(SnapshotArgs),
+}
+
+/// Where the state comes from.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Read this network namespace (a name under /run/netns) instead of our own.
+    #[arg(long, value_name = "NAME", conflicts_with = "from")]
+    pub netns: Option<String>,
+    /// Read a snapshot file instead of the live host.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Shorthand for `-o json`.
+    #[arg(long)]
+    pub json: bool,
+    /// Include what is usually hidden (loopback, local FDB entries, local routing table).
+    #[arg(long)]
+    pub all: bool,
+    /// Sections to show (default: all).
+    #[arg(value_enum)]
+    pub sections: Vec<Section>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Section {
+    Vms,
+    Networks,
+    Links,
+    Addrs,
+    Routes,
+    Rules,
+    Neigh,
+    Fdb,
+    Sysctl,
+    Nft,
+    Qdisc,
+    Sockets,
+    Warnings,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Read this network namespace instead of our own.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Output file (`-` for stdout).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Hash MAC addresses and replace public IP addresses and the hostname consistently.
+    #[arg(long)]
+    pub redact: bool,
+}

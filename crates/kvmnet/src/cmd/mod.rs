@@ -1,0 +1,16 @@
+//! Command dispatch.
+
+mod show;
+mod snapshot;
+
+use crate::cli::{Cli, Command};
+use crate::error::CliError;
+
+/// Runs a parsed command line; returns the exit code.
+pub fn run(cli: Cli) -> Result<i32, CliError> {
+    let color = crate::output::use_color(cli.color);
+    match cli.command {
+        Command::Show(a) => show::run(a, color),
+        Command::Snapshot(a) => snapshot::run(a),
+    }
+}

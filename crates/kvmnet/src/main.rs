@@ -1,0 +1,31 @@
+//! The `kvmnet` command: parses arguments, dispatches to a command, prints errors once, and maps
+//! error kinds to exit codes (0 ok, 1 runtime error, 2 usage or input error, 3 findings or
+//! pending changes where a flag asks for it, 4 applied and rolled back).
+
+mod cli;
+mod cmd;
+mod error;
+mod output;
+mod render;
+mod source;
+
+use clap::Parser;
+
+use crate::error::CliError;
+
+fn main() {
+    let args = cli::Cli::parse();
+    let code = match cmd::run(args) {
+        Ok(code) => code,
+        Err(e) => report(&e),
+    };
+    std::process::exit(code);
+}
+
+fn report(e: &CliError) -> i32 {
+    if e.is_broken_pipe() {
+        return 0;
+    }
+    eprintln!("kvmnet: error: {e}");
+    e.exit_code()
+}

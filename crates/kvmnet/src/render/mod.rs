@@ -1,0 +1,4 @@
+//! Human output: tables and text for each command. Pure functions of the model.
+
+pub mod show;
+pub mod table;

@@ -46,19 +46,51 @@ struct Kernel {
     nsids: HashMap<i32, String>,
 }
 
+/// Prints phase timings to stderr when `KVMNET_DEBUG_TIMING` is set.
+struct PhaseTimer {
+    on: bool,
+    last: std::time::Instant,
+}
+
+impl PhaseTimer {
+    fn new() -> PhaseTimer {
+        PhaseTimer {
+            on: std::env::var_os("KVMNET_DEBUG_TIMING").is_some(),
+            last: std::time::Instant::now(),
+        }
+    }
+    fn mark(&mut self, what: &str) {
+        if self.on {
+            eprintln!("kvmnet: {what}: {:.1?}", self.last.elapsed());
+        }
+        self.last = std::time::Instant::now();
+    }
+}
+
 fn collect_kernel(
     procs: &[ProcInfo],
     own_id: (u64, u64),
-    with_nft: bool,
     netns: Option<&str>,
 ) -> Result<Kernel, Error> {
+    let mut t = PhaseTimer::new();
     let mut sock = RtSocket::open()?;
     let mut state = HostState::default();
     let links = rd::dump_links(&mut sock)?;
+    t.mark("links");
     let names: HashMap<u32, String> = links
         .iter()
         .map(|(l, _)| (l.index, l.name.clone()))
         .collect();
+    let (sysctls, missing) = sysctl::read_sysctls();
+    state.sysctls = sysctls;
+    for m in missing {
+        state.warn("sysctl", format!("cannot read {m}"));
+    }
+    for (l, extra) in &links {
+        if let Some(sc) = &extra.sysctls {
+            state.sysctls.interfaces.insert(l.name.clone(), sc.clone());
+        }
+    }
     state.links = links.into_iter().map(|(l, _)| l).collect();
     state.addresses = rd::dump_addresses(&mut sock, &names)?;
     state.routes = rd::dump_routes(&mut sock, &names)?;
@@ -75,18 +107,7 @@ fn collect_kernel(
         Ok(q) => state.qdiscs = q,
         Err(e) => state.warn("qdisc", e.to_string()),
     }
-    let ifnames: Vec<String> = state.links.iter().map(|l| l.name.clone()).collect();
-    let (sysctls, missing) = sysctl::read_sysctls(&ifnames);
-    state.sysctls = sysctls;
-    for m in missing {
-        state.warn("sysctl", format!("cannot read {m}"));
-    }
-    if with_nft {
-        match crate::nft::dump_ruleset() {
-            Ok(rs) => state.nftables = rs,
-            Err(e) => state.warn("nftables", e.to_string()),
-        }
-    }
+    t.mark("addresses, routes, rules, neighbours, fdb, qdiscs");
     // Sockets belong to this namespace; owners come from processes in it.
     let local: Vec<ProcInfo> = procs
         .iter()
@@ -94,6 +115,7 @@ fn collect_kernel(
         .cloned()
         .collect();
     state.sockets = procfs::listen_sockets(&local);
+    t.mark("sockets");
     // nsids of every named namespace, as this namespace numbers them
     let mut nsids = HashMap::new();
     for name in list_netns() {
@@ -202,10 +224,27 @@ pub fn collect(opts: &CollectOptions) -> Result<Collected, Error> {
         Some(n) => netns_id(Some(n))?,
         None => netns_id(None)?,
     };
+    let mut t = PhaseTimer::new();
     let procs = procfs::scan_processes(true);
-    let Kernel { mut state, nsids } = run_in_netns(netns, || {
-        collect_kernel(&procs, own_id, opts.nftables, netns)
-    })??;
+    t.mark("processes");
+    // nf_tables is dumped on its own thread (in the same namespace) while rtnetlink is read:
+    // on a large ruleset it is the longest part.
+    let (kernel, nft) = std::thread::scope(|sc| {
+        let nft = opts
+            .nftables
+            .then(|| sc.spawn(|| run_in_netns(netns, crate::nft::dump_ruleset)));
+        let kernel = run_in_netns(netns, || collect_kernel(&procs, own_id, netns));
+        (kernel, nft.map(|h| h.join()))
+    });
+    let Kernel { mut state, nsids } = kernel??;
+    match nft {
+        Some(Ok(Ok(Ok(rs)))) => state.nftables = rs,
+        Some(Ok(Ok(Err(e)))) => state.warn("nftables", e.to_string()),
+        Some(Ok(Err(e))) => state.warn("nftables", e.to_string()),
+        Some(Err(_)) => state.warn("nftables", "the nftables reader panicked"),
+        None => {}
+    }
+    t.mark("kernel state and nftables");
     state.netns = opts.netns.clone();
     state.collected_at = Some(now_rfc3339());
     state.hostname = read_trim("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -261,8 +300,10 @@ pub fn collect(opts: &CollectOptions) -> Result<Collected, Error> {
         state.vms.push(vm);
     }
 
+    t.mark("kernel state");
     namespace_guests(&mut state, opts.guests);
     bridge_networks(&mut state);
+    t.mark("guests and networks");
     let libvirt = procfs::find_libvirt_daemon(&procs, own_id.1);
     Ok(Collected { state, libvirt })
 }

@@ -43,6 +43,20 @@ impl RtSocket {
         dump: bool,
         what: &'static str,
     ) -> Result<Vec<RouteNetlinkMessage>, Error> {
+        let mut out = Vec::new();
+        self.request_each(msg, dump, what, |m| out.push(m))?;
+        Ok(out)
+    }
+
+    /// Like [`RtSocket::request`], but hands each reply to `each` as it is decoded, so a large
+    /// dump is never held in memory twice.
+    pub fn request_each(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        dump: bool,
+        what: &'static str,
+        mut each: impl FnMut(RouteNetlinkMessage),
+    ) -> Result<(), Error> {
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
         self.seq = self.seq.wrapping_add(1);
@@ -55,7 +69,6 @@ impl RtSocket {
             .send(&out_buf, 0)
             .map_err(|e| Error::io(what, e))?;
 
-        let mut out = Vec::new();
         loop {
             let n = self
                 .sock
@@ -75,17 +88,17 @@ impl RtSocket {
                     continue;
                 }
                 match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(e) => {
                         if let Some(code) = e.code {
                             return Err(Error::netlink(what, -code.get()));
                         }
-                        return Ok(out);
+                        return Ok(());
                     }
                     NetlinkPayload::InnerMessage(m) => {
-                        out.push(m);
+                        each(m);
                         if !dump {
-                            return Ok(out);
+                            return Ok(());
                         }
                     }
                     _ => {}

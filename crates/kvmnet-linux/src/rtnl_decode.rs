@@ -14,14 +14,15 @@ use kvmnet_model::link::{
     BondInfo, BondPortInfo, BridgeInfo, BridgePortInfo, Link, LinkKind, LinkStats, MacvlanInfo,
     OperState, PortState, TapInfo, VethPeer, VlanInfo, VxlanInfo,
 };
+use kvmnet_model::sysctl::IfSysctls;
 use kvmnet_model::MacAddr;
 use netlink_packet_core::Nla;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{
-    BondMode, BridgePortState, BridgeStpState, InfoBond, InfoBondPort, InfoBridge, InfoBridgePort,
-    InfoData, InfoKind, InfoMacVlan, InfoMacVtap, InfoPortData, InfoTun, InfoVlan, InfoVxlan,
-    LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage, MacVlanMode, MacVtapMode,
-    State, VlanProtocol,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, BondMode, BridgePortState, BridgeStpState, InfoBond,
+    InfoBondPort, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoMacVlan, InfoMacVtap,
+    InfoPortData, InfoTun, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType,
+    LinkMessage, MacVlanMode, MacVtapMode, State, VlanProtocol,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -45,6 +46,9 @@ pub(crate) struct LinkExtra {
     pub master_index: Option<u32>,
     pub link_index: Option<u32>,
     pub link_netnsid: Option<i32>,
+    /// The interface's IPv4/IPv6 devconf (its `net.ipv{4,6}.conf.<if>.*` sysctls), which the
+    /// kernel includes in every link message.
+    pub sysctls: Option<IfSysctls>,
 }
 
 fn nla_bytes<N: Nla>(n: &N) -> Vec<u8> {
@@ -171,6 +175,34 @@ fn decode_link(msg: LinkMessage) -> (Link, LinkExtra) {
             LinkAttribute::Carrier(c) => link.carrier = Some(c != 0),
             LinkAttribute::Qdisc(q) => link.qdisc = Some(q),
             LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a),
+            LinkAttribute::AfSpecUnspec(specs) => {
+                let mut sc = IfSysctls::default();
+                for spec in specs {
+                    match spec {
+                        AfSpecUnspec::Inet(v) => {
+                            for i in v {
+                                if let AfSpecInet::DevConf(c) = i {
+                                    sc.forwarding = Some(c.forwarding != 0);
+                                    sc.rp_filter = u8::try_from(c.rp_filter).ok();
+                                    sc.proxy_arp = Some(c.proxy_arp != 0);
+                                    sc.arp_ignore = u8::try_from(c.arp_ignore).ok();
+                                    sc.arp_announce = u8::try_from(c.arp_announce).ok();
+                                }
+                            }
+                        }
+                        AfSpecUnspec::Inet6(v) => {
+                            for i in v {
+                                if let AfSpecInet6::DevConf(c) = i {
+                                    sc.ipv6_forwarding = Some(c.forwarding != 0);
+                                    sc.disable_ipv6 = Some(c.disable_ipv6 != 0);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                extra.sysctls = Some(sc);
+            }
             LinkAttribute::Stats64(s) => {
                 link.stats = LinkStats {
                     rx_bytes: s.rx_bytes,
@@ -387,18 +419,17 @@ fn macvtap_mode(m: &MacVtapMode) -> String {
 
 /// Dumps every link and resolves masters, parents, veth peers (same namespace) and bond members.
 pub(crate) fn dump_links(sock: &mut RtSocket) -> Result<Vec<(Link, LinkExtra)>, Error> {
-    let replies = sock.request(
+    let mut out: Vec<(Link, LinkExtra)> = Vec::new();
+    sock.request_each(
         RouteNetlinkMessage::GetLink(LinkMessage::default()),
         true,
         "dump links",
+        |m| {
+            if let RouteNetlinkMessage::NewLink(l) = m {
+                out.push(decode_link(l));
+            }
+        },
     )?;
-    let mut out: Vec<(Link, LinkExtra)> = replies
-        .into_iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => Some(decode_link(l)),
-            _ => None,
-        })
-        .collect();
     let names: HashMap<u32, String> = out.iter().map(|(l, _)| (l.index, l.name.clone())).collect();
     for (link, extra) in out.iter_mut() {
         link.master = extra.master_index.and_then(|i| names.get(&i).cloned());

@@ -21,9 +21,10 @@ fn read_u8(path: &str) -> Option<u8> {
     read_u64(path).and_then(|v| u8::try_from(v).ok())
 }
 
-/// Reads the global and per-interface sysctls for the given interfaces (plus `all` and
-/// `default`). Values that cannot be read stay `None`; `missing` lists the global ones.
-pub fn read_sysctls(ifnames: &[String]) -> (Sysctls, Vec<String>) {
+/// Reads the global sysctls and the `all`/`default` pseudo-interfaces from /proc/sys (the
+/// per-interface values come with each link over rtnetlink). Values that cannot be read stay
+/// `None`; `missing` lists the global ones.
+pub fn read_sysctls() -> (Sysctls, Vec<String>) {
     let mut s = Sysctls {
         ip_forward: read_bool("ipv4/ip_forward"),
         ipv6_forwarding: read_bool("ipv6/conf/all/forwarding"),
@@ -42,15 +43,9 @@ pub fn read_sysctls(ifnames: &[String]) -> (Sysctls, Vec<String>) {
     if s.bridge_nf_call_iptables.is_none() {
         missing.push("net.bridge.bridge-nf-call-iptables (br_netfilter not loaded?)".to_string());
     }
-    let names = ["all", "default"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(ifnames.iter().cloned());
-    for name in names {
-        // a dot in an interface name is written as '/' in the sysctl path
-        let key = name.replace('.', "/");
-        let v4 = format!("ipv4/conf/{key}");
-        let v6 = format!("ipv6/conf/{key}");
+    for name in ["all", "default"] {
+        let v4 = format!("ipv4/conf/{name}");
+        let v6 = format!("ipv6/conf/{name}");
         let i = IfSysctls {
             forwarding: read_bool(&format!("{v4}/forwarding")),
             rp_filter: read_u8(&format!("{v4}/rp_filter")),
@@ -61,7 +56,7 @@ pub fn read_sysctls(ifnames: &[String]) -> (Sysctls, Vec<String>) {
             disable_ipv6: read_bool(&format!("{v6}/disable_ipv6")),
         };
         if i != IfSysctls::default() {
-            s.interfaces.insert(name, i);
+            s.interfaces.insert(name.to_string(), i);
         }
     }
     (s, missing)

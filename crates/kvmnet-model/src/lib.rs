@@ -23,7 +23,7 @@ pub use ip::{Address, FdbEntry, ListenSocket, Neighbour, PolicyRule, Qdisc, Rout
 pub use link::{Link, LinkKind, OperState, PortState};
 pub use network::{ForwardMode, Network, NetworkOrigin};
 pub use nft::{Expr, NftChain, NftFamily, NftRule, NftRuleset, NftSet, NftTable};
-pub use snapshot::{parse_snapshot, write_snapshot, SnapshotError};
+pub use snapshot::{parse_snapshot, write_snapshot, write_snapshot_to, SnapshotError};
 pub use state::{CollectionWarning, HostState, SCHEMA_VERSION};
 pub use sysctl::Sysctls;
 pub use types::{Bytes, IfName, MacAddr, VlanId};

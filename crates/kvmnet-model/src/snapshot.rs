@@ -81,7 +81,13 @@ pub fn parse_snapshot(text: &str) -> Result<HostState, SnapshotError> {
     serde_json::from_str(text).map_err(classify)
 }
 
-/// Serializes a state as pretty JSON (what `kvmnet snapshot` writes).
+/// Streams a state as compact JSON into a writer (what `kvmnet snapshot` writes), without
+/// building the whole text in memory.
+pub fn write_snapshot_to<W: std::io::Write>(state: &HostState, w: W) -> std::io::Result<()> {
+    serde_json::to_writer(w, state).map_err(std::io::Error::other)
+}
+
+/// Serializes a state as pretty JSON.
 pub fn write_snapshot(state: &HostState) -> String {
     // Serializing plain data with string keys cannot fail.
     serde_json::to_string_pretty(state).unwrap_or_default()

@@ -19,7 +19,20 @@ fn main() {
         Ok(code) => code,
         Err(e) => report(&e),
     };
+    if std::env::var_os("KVMNET_REPORT_PEAK_RSS").is_some() {
+        report_peak_rss();
+    }
     std::process::exit(code);
+}
+
+/// Prints the process's peak resident set size (VmHWM), for the benchmarks.
+fn report_peak_rss() {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+            let kb = line.trim_start_matches("VmHWM:").trim();
+            eprintln!("kvmnet: peak RSS {kb}");
+        }
+    }
 }
 
 fn report(e: &CliError) -> i32 {

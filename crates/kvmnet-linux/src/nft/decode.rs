@@ -34,15 +34,15 @@ struct NfSocket {
     buf: Vec<u8>,
 }
 
-/// One nfnetlink message: its nfgen family and attributes.
-struct NfMsg {
+/// One nfnetlink message: its nfgen family and attributes (borrowed from the receive buffer).
+struct NfMsg<'a> {
     family: u8,
-    payload: Vec<u8>,
+    payload: &'a [u8],
 }
 
-impl NfMsg {
-    fn attrs(&self) -> AttrIter<'_> {
-        AttrIter { buf: &self.payload }
+impl<'a> NfMsg<'a> {
+    fn attrs(&self) -> AttrIter<'a> {
+        AttrIter { buf: self.payload }
     }
 }
 
@@ -62,7 +62,8 @@ impl NfSocket {
         })
     }
 
-    /// Sends a GET request (dump or single) and collects the replies.
+    /// Sends a GET request (dump or single) and hands each reply to `each`, straight from the
+    /// receive buffer (a 10,000-rule dump is never copied as a whole).
     fn request(
         &mut self,
         msg: u16,
@@ -70,7 +71,8 @@ impl NfSocket {
         attrs: &[u8],
         dump: bool,
         what: &'static str,
-    ) -> Result<Vec<NfMsg>, Error> {
+        mut each: impl FnMut(NfMsg<'_>),
+    ) -> Result<(), Error> {
         self.seq = self.seq.wrapping_add(1);
         let len = 16 + 4 + attrs.len();
         let mut req = Vec::with_capacity(len);
@@ -84,7 +86,6 @@ impl NfSocket {
         req.extend_from_slice(attrs);
         self.sock.send(&req, 0).map_err(|e| Error::io(what, e))?;
 
-        let mut out = vec![];
         loop {
             let n = self
                 .sock
@@ -104,7 +105,7 @@ impl NfSocket {
                     continue;
                 }
                 match mtype {
-                    NLMSG_DONE => return Ok(out),
+                    NLMSG_DONE => return Ok(()),
                     NLMSG_ERROR => {
                         let code = b
                             .get(16..20)
@@ -113,18 +114,18 @@ impl NfSocket {
                         if code != 0 {
                             return Err(Error::netlink(what, code));
                         }
-                        return Ok(out);
+                        return Ok(());
                     }
                     _ => {
                         if mlen < 20 {
                             continue;
                         }
-                        out.push(NfMsg {
+                        each(NfMsg {
                             family: b[16],
-                            payload: b[20..mlen].to_vec(),
+                            payload: &b[20..mlen],
                         });
                         if !dump {
-                            return Ok(out);
+                            return Ok(());
                         }
                     }
                 }
@@ -633,11 +634,12 @@ fn obj_kind(t: u32) -> String {
 }
 
 fn generation(sock: &mut NfSocket) -> Option<u32> {
-    let msgs = sock
-        .request(NFT_MSG_GETGEN, 0, &[], false, "nftables generation")
-        .ok()?;
-    msgs.first()
-        .and_then(|m| m.attrs().find(|a| a.kind == 1).and_then(|a| a.be32()))
+    let mut gen = None;
+    sock.request(NFT_MSG_GETGEN, 0, &[], false, "nftables generation", |m| {
+        gen = m.attrs().find(|a| a.kind == 1).and_then(|a| a.be32());
+    })
+    .ok()?;
+    gen
 }
 
 /// Dumps the whole ruleset of the calling thread's namespace. Retries when the ruleset changes
@@ -656,94 +658,191 @@ pub fn dump_ruleset() -> Result<NftRuleset, Error> {
     last.ok_or(Error::Decode("nftables", "ruleset kept changing".into()))
 }
 
-fn dump_once(sock: &mut NfSocket) -> Result<NftRuleset, Error> {
-    let mut tables: Vec<NftTable> = vec![];
-    let mut index: HashMap<(u8, String), usize> = HashMap::new();
-    for m in sock.request(NFT_MSG_GETTABLE, 0, &[], true, "dump nftables tables")? {
-        let Some(family) = NftFamily::from_nfproto(m.family) else {
-            continue;
-        };
-        let mut t = NftTable {
-            family,
-            name: String::new(),
-            handle: 0,
-            flags: vec![],
-            comment: None,
-            chains: vec![],
-            sets: vec![],
-            objects: vec![],
-            flowtables: vec![],
-        };
-        for a in m.attrs() {
-            match a.kind {
-                1 => t.name = a.string(),
-                2 => {
-                    let f = a.be32().unwrap_or(0);
-                    for (bit, n) in [(1, "dormant"), (2, "owner"), (4, "persist")] {
-                        if f & bit != 0 {
-                            t.flags.push(n.to_string());
-                        }
+fn decode_table(m: &NfMsg) -> Option<NftTable> {
+    let family = NftFamily::from_nfproto(m.family)?;
+    let mut t = NftTable {
+        family,
+        name: String::new(),
+        handle: 0,
+        flags: vec![],
+        comment: None,
+        chains: vec![],
+        sets: vec![],
+        objects: vec![],
+        flowtables: vec![],
+    };
+    for a in m.attrs() {
+        match a.kind {
+            1 => t.name = a.string(),
+            2 => {
+                let f = a.be32().unwrap_or(0);
+                for (bit, n) in [(1, "dormant"), (2, "owner"), (4, "persist")] {
+                    if f & bit != 0 {
+                        t.flags.push(n.to_string());
                     }
                 }
-                4 => t.handle = a.be64().unwrap_or(0),
-                6 => t.comment = userdata_comment(a.value),
-                _ => {}
             }
+            4 => t.handle = a.be64().unwrap_or(0),
+            6 => t.comment = userdata_comment(a.value),
+            _ => {}
         }
-        index.insert((m.family, t.name.clone()), tables.len());
-        tables.push(t);
     }
+    Some(t)
+}
 
-    for m in sock.request(NFT_MSG_GETCHAIN, 0, &[], true, "dump nftables chains")? {
-        let mut tname = None;
-        let mut c = NftChain {
-            name: String::new(),
-            handle: 0,
-            hook: None,
-            comment: None,
-            rules: vec![],
-        };
-        let mut hooknum = None;
-        let mut prio = 0i32;
-        let mut devices = vec![];
-        let mut policy = None;
-        let mut ctype = None;
-        for a in m.attrs() {
-            match a.kind {
-                1 => tname = Some(a.string()),
-                2 => c.handle = a.be64().unwrap_or(0),
-                3 => c.name = a.string(),
-                4 => {
-                    for h in a.nested() {
-                        match h.kind {
-                            1 => hooknum = h.be32(),
-                            2 => prio = h.be32().unwrap_or(0) as i32,
-                            3 => devices.push(h.string()),
-                            4 => devices.extend(h.nested().map(|d| d.string())),
-                            _ => {}
-                        }
+/// Decodes a chain message into (table name, chain), resolving the hook name by family.
+fn decode_chain(m: &NfMsg, family: NftFamily) -> Option<(String, NftChain)> {
+    let mut tname = None;
+    let mut c = NftChain {
+        name: String::new(),
+        handle: 0,
+        hook: None,
+        comment: None,
+        rules: vec![],
+    };
+    let mut hooknum = None;
+    let mut prio = 0i32;
+    let mut devices = vec![];
+    let mut policy = None;
+    let mut ctype = None;
+    for a in m.attrs() {
+        match a.kind {
+            1 => tname = Some(a.string()),
+            2 => c.handle = a.be64().unwrap_or(0),
+            3 => c.name = a.string(),
+            4 => {
+                for h in a.nested() {
+                    match h.kind {
+                        1 => hooknum = h.be32(),
+                        2 => prio = h.be32().unwrap_or(0) as i32,
+                        3 => devices.push(h.string()),
+                        4 => devices.extend(h.nested().map(|d| d.string())),
+                        _ => {}
                     }
                 }
-                5 => policy = a.be32(),
-                7 => ctype = Some(a.string()),
-                12 => c.comment = userdata_comment(a.value),
-                _ => {}
             }
+            5 => policy = a.be32(),
+            7 => ctype = Some(a.string()),
+            12 => c.comment = userdata_comment(a.value),
+            _ => {}
         }
-        let Some(&ti) = tname.and_then(|n| index.get(&(m.family, n))) else {
-            continue;
-        };
-        if let Some(num) = hooknum {
-            c.hook = Some(NftHook {
-                hook: hook_name(tables[ti].family, num),
-                priority: prio,
-                chain_type: ctype.unwrap_or_else(|| "filter".into()),
-                policy: if policy == Some(0) { "drop" } else { "accept" }.into(),
-                devices,
-            });
-        }
-        tables[ti].chains.push(c);
     }
+    if let Some(num) = hooknum {
+        c.hook = Some(NftHook {
+            hook: hook_name(family, num),
+            priority: prio,
+            chain_type: ctype.unwrap_or_else(|| "filter".into()),
+            policy: if policy == Some(0) { "drop" } else { "accept" }.into(),
+            devices,
+        });
+    }
+    Some((tname?, c))
+}
+
+/// (table, name) of an object or flowtable message.
+fn decode_named(m: &NfMsg) -> (Option<String>, Option<String>, u32) {
+    let (mut tname, mut name, mut kind) = (None, None, 0);
+    for a in m.attrs() {
+        match a.kind {
+            1 => tname = Some(a.string()),
+            2 => name = Some(a.string()),
+            3 => kind = a.be32().unwrap_or(0),
+            _ => {}
+        }
+    }
+    (tname, name, kind)
+}
+
+/// Fetches the elements of every set. The kernel answers one set per request and finds the set
+/// by a linear walk, so this is the costly part of a large ruleset; with more than a few hundred
+/// sets the work is split over two sockets on two threads (same namespace: threads inherit it).
+fn fetch_elements(sock: &mut NfSocket, tables: &mut [NftTable]) -> Result<(), Error> {
+    let mut jobs: Vec<(u8, String, &mut NftSet)> = vec![];
+    for t in tables.iter_mut() {
+        let family = t.family.nfproto();
+        let tname = t.name.clone();
+        for set in t.sets.iter_mut() {
+            jobs.push((family, tname.clone(), set));
+        }
+    }
+    fn run(sock: &mut NfSocket, jobs: &mut [(u8, String, &mut NftSet)]) -> Result<(), Error> {
+        let mut attrs = Vec::with_capacity(64);
+        for (family, tname, set) in jobs.iter_mut() {
+            attrs.clear();
+            put_attr(&mut attrs, 1, format!("{tname}\0").as_bytes());
+            put_attr(&mut attrs, 2, format!("{}\0", set.name).as_bytes());
+            let elements = &mut set.elements;
+            sock.request(
+                NFT_MSG_GETSETELEM,
+                *family,
+                &attrs,
+                true,
+                "dump nftables set elements",
+                |m| decode_elems(&m, elements),
+            )?;
+        }
+        Ok(())
+    }
+    if jobs.len() < 256 {
+        return run(sock, &mut jobs);
+    }
+    let mid = jobs.len() / 2;
+    let (a, b) = jobs.split_at_mut(mid);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| -> Result<(), Error> {
+            let mut second = NfSocket::open()?;
+            run(&mut second, b)
+        });
+        let first = run(sock, a);
+        let second = other.join().unwrap_or(Err(Error::Thread));
+        first.and(second)
+    })
+}
+
+fn dump_once(sock: &mut NfSocket) -> Result<NftRuleset, Error> {
+    let debug = std::env::var_os("KVMNET_DEBUG_TIMING").is_some();
+    let t0 = std::time::Instant::now();
+    let mark = |what: &str| {
+        if debug {
+            eprintln!("kvmnet: nftables {what}: {:.1?}", t0.elapsed());
+        }
+    };
+    let mut tables: Vec<NftTable> = vec![];
+    sock.request(
+        NFT_MSG_GETTABLE,
+        0,
+        &[],
+        true,
+        "dump nftables tables",
+        |m| {
+            if let Some(t) = decode_table(&m) {
+                tables.push(t);
+            }
+        },
+    )?;
+    let index: HashMap<(u8, String), usize> = tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ((t.family.nfproto(), t.name.clone()), i))
+        .collect();
+
+    sock.request(
+        NFT_MSG_GETCHAIN,
+        0,
+        &[],
+        true,
+        "dump nftables chains",
+        |m| {
+            let Some(family) = NftFamily::from_nfproto(m.family) else {
+                return;
+            };
+            if let Some((tname, c)) = decode_chain(&m, family) {
+                if let Some(&ti) = index.get(&(m.family, tname)) {
+                    tables[ti].chains.push(c);
+                }
+            }
+        },
+    )?;
 
     let mut chain_index: HashMap<(usize, String), usize> = HashMap::new();
     for (ti, t) in tables.iter().enumerate() {
@@ -751,88 +850,59 @@ fn dump_once(sock: &mut NfSocket) -> Result<NftRuleset, Error> {
             chain_index.insert((ti, c.name.clone()), ci);
         }
     }
-    for m in sock.request(NFT_MSG_GETRULE, 0, &[], true, "dump nftables rules")? {
+    sock.request(NFT_MSG_GETRULE, 0, &[], true, "dump nftables rules", |m| {
         let Some((tname, cname, rule)) = decode_rule(&m) else {
-            continue;
+            return;
         };
         let Some(&ti) = index.get(&(m.family, tname)) else {
-            continue;
+            return;
         };
         if let Some(&ci) = chain_index.get(&(ti, cname)) {
             tables[ti].chains[ci].rules.push(rule);
         }
-    }
+    })?;
 
-    for m in sock.request(NFT_MSG_GETSET, 0, &[], true, "dump nftables sets")? {
-        let Some((tname, set)) = decode_set(&m) else {
-            continue;
-        };
-        if let Some(&ti) = index.get(&(m.family, tname)) {
-            tables[ti].sets.push(set);
-        }
-    }
-    for t in tables.iter_mut() {
-        let family = t.family.nfproto();
-        for set in t.sets.iter_mut() {
-            let mut attrs = vec![];
-            put_attr(&mut attrs, 1, format!("{}\0", t.name).as_bytes());
-            put_attr(&mut attrs, 2, format!("{}\0", set.name).as_bytes());
-            let msgs = sock.request(
-                NFT_MSG_GETSETELEM,
-                family,
-                &attrs,
-                true,
-                "dump nftables set elements",
-            )?;
-            for m in &msgs {
-                decode_elems(m, &mut set.elements);
+    mark("tables, chains, rules");
+    sock.request(NFT_MSG_GETSET, 0, &[], true, "dump nftables sets", |m| {
+        if let Some((tname, set)) = decode_set(&m) {
+            if let Some(&ti) = index.get(&(m.family, tname)) {
+                tables[ti].sets.push(set);
             }
         }
-    }
-
+    })?;
+    fetch_elements(sock, &mut tables)?;
+    mark("sets and elements");
     // Objects and flowtables are listed by name only; a kernel without them is fine.
-    if let Ok(msgs) = sock.request(NFT_MSG_GETOBJ, 0, &[], true, "dump nftables objects") {
-        for m in msgs {
-            let (mut tname, mut name, mut kind) = (None, None, 0);
-            for a in m.attrs() {
-                match a.kind {
-                    1 => tname = Some(a.string()),
-                    2 => name = Some(a.string()),
-                    3 => kind = a.be32().unwrap_or(0),
-                    _ => {}
-                }
-            }
-            if let (Some(tn), Some(n)) = (tname, name) {
-                if let Some(&ti) = index.get(&(m.family, tn)) {
-                    tables[ti].objects.push(NftObject {
-                        kind: obj_kind(kind),
-                        name: n,
-                    });
-                }
-            }
+    let mut objects = vec![];
+    let _ = sock.request(NFT_MSG_GETOBJ, 0, &[], true, "dump nftables objects", |m| {
+        if let (Some(tn), Some(n), kind) = decode_named(&m) {
+            objects.push((m.family, tn, n, kind));
+        }
+    });
+    for (family, tn, name, kind) in objects {
+        if let Some(&ti) = index.get(&(family, tn)) {
+            tables[ti].objects.push(NftObject {
+                kind: obj_kind(kind),
+                name,
+            });
         }
     }
-    if let Ok(msgs) = sock.request(
+    let mut flowtables = vec![];
+    let _ = sock.request(
         NFT_MSG_GETFLOWTABLE,
         0,
         &[],
         true,
         "dump nftables flowtables",
-    ) {
-        for m in msgs {
-            let (mut tname, mut name) = (None, None);
-            for a in m.attrs() {
-                match a.kind {
-                    1 => tname = Some(a.string()),
-                    2 => name = Some(a.string()),
-                    _ => {}
-                }
+        |m| {
+            if let (Some(tn), Some(n), _) = decode_named(&m) {
+                flowtables.push((m.family, tn, n));
             }
-            if let (Some(tn), Some(n)) = (tname, name) {
-                if let Some(&ti) = index.get(&(m.family, tn)) {
-                    tables[ti].flowtables.push(n);
-                }
-            }
+        },
+    );
+    for (family, tn, name) in flowtables {
+        if let Some(&ti) = index.get(&(family, tn)) {
+            tables[ti].flowtables.push(name);
         }
     }
     Ok(NftRuleset { tables })

@@ -2,8 +2,10 @@
 
 use std::io::Read;
 
+use std::io::Write;
+
 use kvmnet_model::redact::Redactor;
-use kvmnet_model::write_snapshot;
+use kvmnet_model::write_snapshot_to;
 
 use crate::cli::SnapshotArgs;
 use crate::error::CliError;
@@ -21,15 +23,25 @@ pub fn run(a: SnapshotArgs) -> Result<i32, CliError> {
     if a.redact {
         Redactor::new(&random_salt()).redact_state(&mut state);
     }
-    let text = write_snapshot(&state);
     if a.output.as_os_str() == "-" {
-        crate::output::print(&text)?;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        write_snapshot_to(&state, &mut out)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
     } else {
         // write next to the target and rename, so a reader never sees half a snapshot
         let tmp = a.output.with_extension("tmp");
-        std::fs::write(&tmp, text.as_bytes())
-            .and_then(|_| std::fs::rename(&tmp, &a.output))
-            .map_err(|e| CliError::runtime(format!("{}: cannot write: {e}", a.output.display())))?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            write_snapshot_to(&state, &mut f)?;
+            f.write_all(b"\n")?;
+            f.flush()?;
+            std::fs::rename(&tmp, &a.output)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            CliError::runtime(format!("{}: cannot write: {e}", a.output.display()))
+        })?;
         eprintln!(
             "kvmnet: wrote {} ({} links, {} VMs, {} nft rules{})",
             a.output.display(),

@@ -31,6 +31,9 @@ pub enum ValueKind {
     CtStatus,
     CtDir,
     FibType,
+    TcpFlags,
+    IcmpType,
+    Icmpv6Type,
     /// Big-endian integer or raw bytes.
     Raw,
 }
@@ -147,10 +150,10 @@ fn payload_sym(ctx: &Ctx, base: &str, offset: u32, len: u32) -> Sym {
         ),
         ("transport", 0, 2) => mk("th sport", ValueKind::Port),
         ("transport", 2, 2) => mk("th dport", ValueKind::Port),
-        ("transport", 13, 1) if ctx.l4 == Some(6) => mk("tcp flags", ValueKind::Raw),
-        ("transport", 0, 1) if ctx.l4 == Some(1) => mk("icmp type", ValueKind::Raw),
+        ("transport", 13, 1) if ctx.l4 == Some(6) => mk("tcp flags", ValueKind::TcpFlags),
+        ("transport", 0, 1) if ctx.l4 == Some(1) => mk("icmp type", ValueKind::IcmpType),
         ("transport", 1, 1) if ctx.l4 == Some(1) => mk("icmp code", ValueKind::Raw),
-        ("transport", 0, 1) if ctx.l4 == Some(58) => mk("icmpv6 type", ValueKind::Raw),
+        ("transport", 0, 1) if ctx.l4 == Some(58) => mk("icmpv6 type", ValueKind::Icmpv6Type),
         _ => {
             let b = match base {
                 "ll" => "ll",
@@ -213,7 +216,9 @@ fn be_uint(b: &[u8]) -> u64 {
 pub fn format_value(kind: ValueKind, b: &[u8]) -> String {
     match kind {
         ValueKind::Ipv4 if b.len() >= 4 => Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string(),
-        ValueKind::Ipv4 | ValueKind::Ipv6 if !b.is_empty() => {
+        ValueKind::Ipv4 | ValueKind::Ipv6
+            if !b.is_empty() && b.len() < if kind == ValueKind::Ipv4 { 4 } else { 16 } =>
+        {
             let full = if kind == ValueKind::Ipv4 { 4 } else { 16 };
             let mut padded = b.to_vec();
             padded.resize(full, 0);
@@ -300,8 +305,58 @@ pub fn format_value(kind: ValueKind, b: &[u8]) -> String {
             8 => "prohibit".into(),
             n => n.to_string(),
         },
+        ValueKind::TcpFlags if !b.is_empty() => {
+            let names = ["fin", "syn", "rst", "psh", "ack", "urg", "ecn", "cwr"];
+            let v: Vec<&str> = names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| b[0] & (1 << i) != 0)
+                .map(|(_, n)| *n)
+                .collect();
+            if v.is_empty() {
+                "0x0".into()
+            } else {
+                v.join(",")
+            }
+        }
+        ValueKind::IcmpType if !b.is_empty() => match b[0] {
+            0 => "echo-reply".into(),
+            3 => "destination-unreachable".into(),
+            5 => "redirect".into(),
+            8 => "echo-request".into(),
+            9 => "router-advertisement".into(),
+            10 => "router-solicitation".into(),
+            11 => "time-exceeded".into(),
+            12 => "parameter-problem".into(),
+            n => n.to_string(),
+        },
+        ValueKind::Icmpv6Type if !b.is_empty() => match b[0] {
+            1 => "destination-unreachable".into(),
+            2 => "packet-too-big".into(),
+            3 => "time-exceeded".into(),
+            4 => "parameter-problem".into(),
+            128 => "echo-request".into(),
+            129 => "echo-reply".into(),
+            133 => "nd-router-solicit".into(),
+            134 => "nd-router-advert".into(),
+            135 => "nd-neighbor-solicit".into(),
+            136 => "nd-neighbor-advert".into(),
+            n => n.to_string(),
+        },
         _ if b.len() <= 4 => be_uint(b).to_string(),
         _ => format!("0x{}", hex(b)),
+    }
+}
+
+/// How to print map data of a set's data type.
+fn data_kind(set: &NftSet) -> ValueKind {
+    match set.data_type {
+        Some(crate::nft::datatype::IPV4_ADDR) => ValueKind::Ipv4,
+        Some(crate::nft::datatype::IPV6_ADDR) => ValueKind::Ipv6,
+        Some(crate::nft::datatype::INET_SERVICE) => ValueKind::Port,
+        Some(crate::nft::datatype::MARK) => ValueKind::Mark,
+        Some(crate::nft::datatype::IFNAME) => ValueKind::Ifname,
+        _ => ValueKind::Raw,
     }
 }
 
@@ -390,12 +445,15 @@ fn format_key(syms: &[Sym], key: &[u8], key_end: &[u8]) -> String {
 
 fn format_set_inline(set: &NftSet, syms: &[Sym], with_data: bool) -> String {
     let mut items = vec![];
-    for (lo, hi, data) in set.ranges() {
+    let mut ranges = set.ranges();
+    // nft lists elements in key order
+    ranges.sort_by(|a, b| a.0.cmp(&b.0));
+    for (lo, hi, data) in ranges {
         let mut item = format_key(syms, &lo, &hi);
         if with_data {
             if let Some(d) = data {
                 item.push_str(" : ");
-                item.push_str(&format_data(d, ValueKind::Raw));
+                item.push_str(&format_data(d, data_kind(set)));
             }
         }
         items.push(item);
@@ -444,6 +502,9 @@ pub fn rule_text(table: &NftTable, rule: &NftRule) -> String {
     // `meta l4proto tcp` that only guards a following `tcp dport` load is implied by it; nft
     // omits it and so do we.
     let mut l4_dependency: Option<usize> = None;
+    // likewise `meta nfproto ipv4` (inet), `meta protocol ip` / `ether type ip` (bridge,
+    // netdev) and `meta iiftype ether` guard a following network or link-layer load
+    let mut l3_dependency: Option<usize> = None;
     for e in &rule.exprs {
         match e {
             Expr::Payload {
@@ -452,10 +513,18 @@ pub fn rule_text(table: &NftTable, rule: &NftRule) -> String {
                 len,
                 dreg,
             } => {
-                if base == "transport" {
-                    if let Some(i) = l4_dependency.take() {
-                        if i < out.len() {
-                            out.remove(i);
+                let dep = match base.as_str() {
+                    "transport" => l4_dependency.take(),
+                    "network" | "ll" => l3_dependency.take(),
+                    _ => None,
+                };
+                if let Some(i) = dep {
+                    if i < out.len() {
+                        out.remove(i);
+                        if let Some(j) = l4_dependency.as_mut() {
+                            if *j > i {
+                                *j -= 1;
+                            }
                         }
                     }
                 }
@@ -633,6 +702,14 @@ pub fn rule_text(table: &NftTable, rule: &NftRule) -> String {
                 {
                     l4_dependency = Some(out.len());
                 }
+                if *op == CmpOp::Eq
+                    && matches!(
+                        sym.desc.as_str(),
+                        "meta nfproto" | "meta protocol" | "meta iiftype"
+                    )
+                {
+                    l3_dependency = Some(out.len());
+                }
                 out.push(format!("{} {}{}", sym.desc, op.symbol(), value));
             }
             Expr::Range { sreg, op, from, to } => {
@@ -713,6 +790,14 @@ pub fn rule_text(table: &NftTable, rule: &NftRule) -> String {
                 proto_max,
                 ..
             } => {
+                // `snat ip to` in an inet table implies the `meta nfproto ipv4` before it
+                if table.family == NftFamily::Inet && addr_min.is_some() {
+                    if let Some(i) = l3_dependency.take() {
+                        if i < out.len() {
+                            out.remove(i);
+                        }
+                    }
+                }
                 let kind = if *family == 10 {
                     ValueKind::Ipv6
                 } else {
@@ -731,6 +816,8 @@ pub fn rule_text(table: &NftTable, rule: &NftRule) -> String {
                     s = format!("{nat_type} {fam} to");
                 }
                 if let Some(a) = reg_val(addr_min, kind) {
+                    let bracket = *family == 10 && proto_min.is_some() && !a.contains(' ');
+                    let a = if bracket { format!("[{a}]") } else { a };
                     let _ = write!(s, " {a}");
                     if let Some(b) = reg_val(addr_max, kind) {
                         if addr_max != addr_min {

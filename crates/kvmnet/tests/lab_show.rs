@@ -234,3 +234,77 @@ fn snapshot_round_trips_and_redacts() {
         .iter()
         .any(|f| f["mac"] == vm_mac.as_str()));
 }
+
+/// A process that holds a tap open and whose command line reads like QEMU's: kvmnet must find
+/// the VM from the command line and the tap's holder from the process's descriptors.
+#[test]
+fn bare_qemu_command_line_and_tap_holder() {
+    if !require_root("bare_qemu_command_line_and_tap_holder") {
+        return;
+    }
+    let python = "/usr/bin/python3";
+    assert!(
+        std::path::Path::new(python).exists(),
+        "needs {python} (python3 package)"
+    );
+    let lab = Lab::nat(1).unwrap();
+    let code = "import fcntl,struct,os,sys,time\n\
+        fd=os.open('/dev/net/tun',os.O_RDWR)\n\
+        fcntl.ioctl(fd,0x400454ca,struct.pack('16sH',b'tap5',0x0002|0x1000))\n\
+        print('ready',flush=True)\n\
+        time.sleep(120)\n";
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", lab.hv.name(), "bash", "-c"])
+        .arg(format!(
+            "exec -a qemu-system-x86_64 {python} -c \"$0\" -name guest=web7,debug-threads=on \
+             -smp 2 -netdev tap,id=hostnet0,ifname=tap5,script=no,downscript=no,vhost=off \
+             -device virtio-net-pci,netdev=hostnet0,id=net0,mac=52:54:00:ab:cd:ef"
+        ))
+        .arg(code)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // the child is ours: we stop it by PID, whatever happens below
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let out = child.stdout.take().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    }
+    let child = Kill(child);
+    assert_eq!(line.trim(), "ready");
+    lab.hv
+        .ip(&["link", "set", "tap5", "master", "br0"])
+        .unwrap();
+    lab.hv.ip(&["link", "set", "tap5", "up"]).unwrap();
+
+    let s = show_json(lab.hv.name());
+    let tap = link(&s, "tap5");
+    assert_eq!(tap["kind"], "tap");
+    assert_eq!(tap["tap"]["vnet_hdr"], false);
+    let holders = tap["tap"]["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 1, "{tap:#}");
+    assert_eq!(holders[0]["pid"], child.0.id());
+    let vm = s["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "web7")
+        .expect("VM web7 from the qemu command line");
+    assert_eq!(vm["source"], "qemu");
+    assert_eq!(vm["pid"], child.0.id());
+    assert_eq!(vm["vcpus"], 2);
+    let nic = &vm["vnics"][0];
+    assert_eq!(nic["host_dev"], "tap5");
+    assert_eq!(nic["model"], "virtio");
+    assert_eq!(nic["mac"], "52:54:00:ab:cd:ef");
+    assert_eq!(nic["vhost"], false);
+    assert_eq!(nic["source_bridge"], "br0");
+}

@@ -44,6 +44,57 @@ kvmnet show --json\n  kvmnet show -o yaml --netns hv1\n  kvmnet show routes --fr
 MACs hashed, public addresses replaced\n  kvmnet snapshot --netns hv1 -o -        write to stdout"
     )]
     Snapshot(SnapshotArgs),
+    /// Simulate one packet through the host and name what decides its fate (sends nothing).
+    #[command(
+        after_help = "Endpoints: vm:NAME (a VM; vm:NAME:N for its Nth vNIC), host, or an IP address.\n\n\
+Exit codes: 0 delivered (and the reply came back), 3 dropped or undecidable, 2 bad input.\n\n\
+Examples:\n  kvmnet trace --from vm:web1 --to 203.0.113.1\n  kvmnet trace --from vm:web1 --to vm:db1 --proto tcp --dport 5432\n  \
+kvmnet trace --from 198.51.100.7 --to 198.51.100.2 --proto tcp --dport 8080   (a port forward)\n  \
+kvmnet trace --from vm:web1 --to 203.0.113.1 --size 1500                    (path MTU, DF set)\n  \
+kvmnet trace --from-snapshot host.json --from vm:web1 --to 203.0.113.1 --json"
+    )]
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Where the packet starts: vm:NAME[:N], host, or an IP address.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub from: String,
+    /// Where it goes: an IP address, vm:NAME[:N], or host.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub to: String,
+    /// Protocol.
+    #[arg(long, value_enum, default_value_t = Proto::Icmp)]
+    pub proto: Proto,
+    /// Destination port (tcp/udp).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub dport: u16,
+    /// Source port (tcp/udp).
+    #[arg(long, value_name = "N")]
+    pub sport: Option<u16>,
+    /// Total IP packet size in bytes (default: a small packet).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(28..=65535))]
+    pub size: Option<u32>,
+    /// Clear the don't-fragment bit (default: set, as path MTU discovery does).
+    #[arg(long)]
+    pub no_df: bool,
+    /// Read this network namespace instead of our own.
+    #[arg(long, value_name = "NAME", conflicts_with = "from_snapshot")]
+    pub netns: Option<String>,
+    /// Read a snapshot file instead of the live host.
+    #[arg(long, value_name = "FILE")]
+    pub from_snapshot: Option<PathBuf>,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Icmp,
+    Tcp,
+    Udp,
 }
 
 /// Where the state comes from.

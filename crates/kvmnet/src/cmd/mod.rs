@@ -2,6 +2,7 @@
 
 mod show;
 mod snapshot;
+mod trace;
 
 use crate::cli::{Cli, Command};
 use crate::error::CliError;
@@ -12,5 +13,6 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Show(a) => show::run(a, color),
         Command::Snapshot(a) => snapshot::run(a),
+        Command::Trace(a) => trace::run(a, color),
     }
 }

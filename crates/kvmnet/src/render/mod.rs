@@ -2,3 +2,4 @@
 
 pub mod show;
 pub mod table;
+pub mod trace;

@@ -1,0 +1,1773 @@
+//! The hop-by-hop walk of one packet and its reply across a host: guest egress, the vNIC's host
+//! side, the bridge (ports, forwarding, bridge-family and br_netfilter hooks), the IP stack
+//! (prerouting with DNAT, the routing decision with forwarding and rp_filter, forward,
+//! postrouting with SNAT/masquerade, input/output for the host itself), egress links and MTUs,
+//! and the reply through conntrack and reverse NAT.
+
+// A walk step returns the trace's final verdict as its error: built once per trace, so its
+// size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use kvmnet_model::nft::NftFamily;
+use kvmnet_model::nft_text::rule_text;
+use kvmnet_model::vm::VnicType;
+use kvmnet_model::{HostState, Link, LinkKind, PortState};
+use serde::Serialize;
+
+use crate::compile::{compile, Compiled};
+use crate::eval::{eval_hook, ip_families, Dev, Fib, HookCtx, HookVerdict, Nat, RuleRef};
+use crate::packet::{Packet, ICMP, ICMPV6, TCP, UDP};
+use crate::route::{route, rp_filter_ok, select_source, RouteResult};
+
+/// One end of a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    /// A VM (or namespace guest), optionally one of its vNICs (index).
+    Vm { name: String, vnic: Option<usize> },
+    /// The host itself.
+    Host,
+    /// Any address: a host address, a guest's, or one beyond the uplinks.
+    Addr(IpAddr),
+}
+
+/// What to trace.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowSpec {
+    pub from: Endpoint,
+    pub to: Endpoint,
+    pub proto: u8,
+    pub dport: u16,
+    pub sport: Option<u16>,
+    /// Total IP packet size in bytes.
+    pub size: Option<u32>,
+    /// Don't fragment (IPv4).
+    pub df: bool,
+}
+
+/// A rule cited as evidence.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+pub struct RuleEvidence {
+    #[serde(flatten)]
+    pub rule: RuleRef,
+    /// The rule as nft prints it, or `policy drop` / `policy accept`.
+    pub text: String,
+}
+
+/// One step of the path.
+#[derive(Clone, Debug, Serialize)]
+pub struct Hop {
+    pub stage: String,
+    pub decision: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub facts: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleEvidence>,
+}
+
+/// How the trace ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    Delivered {
+        to: String,
+    },
+    Dropped {
+        /// The stage that dropped it.
+        at: String,
+        /// A stable cause code: `nft-rule`, `nft-policy`, `br-netfilter`, `no-route`,
+        /// `link-down`, `bridge-down`, `port-blocked`, `not-in-bridge`, `mtu`,
+        /// `ip-forward-disabled`, `rp-filter`, `arp-failed`, `no-snat`, `guest-no-route`,
+        /// `guest-no-address`, `guest-link-down`, `vnic-link-down`, `no-listener`,
+        /// `route-reject`.
+        cause: String,
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rule: Option<RuleEvidence>,
+        /// True when the drop happened on the reply's way back.
+        reply: bool,
+    },
+    Unknown {
+        at: String,
+        what: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rule: Option<RuleEvidence>,
+    },
+}
+
+/// A finished trace.
+#[derive(Clone, Debug, Serialize)]
+pub struct Trace {
+    pub from: String,
+    pub to: String,
+    pub proto: String,
+    pub size: u32,
+    pub hops: Vec<Hop>,
+    pub verdict: Verdict,
+}
+
+/// Why a flow could not be traced at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceError {
+    NoSuchVm(String),
+    NoSuchVnic(String, usize),
+    NoAddress(String),
+    NoHostAddress,
+}
+
+impl std::fmt::Display for TraceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TraceError::NoSuchVm(n) => write!(f, "no VM named {n:?} on this host"),
+            TraceError::NoSuchVnic(n, i) => write!(f, "VM {n:?} has no vNIC number {i}"),
+            TraceError::NoAddress(n) => {
+                write!(
+                    f,
+                    "VM {n:?} has no known address: give the source address instead"
+                )
+            }
+            TraceError::NoHostAddress => write!(f, "the host has no address to send from"),
+        }
+    }
+}
+
+impl std::error::Error for TraceError {}
+
+/// A guest's address, for ownership lookups.
+#[derive(Clone, Debug)]
+struct Owner {
+    vm: usize,
+    vnic: usize,
+}
+
+/// The simulator for one host state: compiled once, then any number of traces.
+#[derive(Debug)]
+pub struct Tracer<'a> {
+    pub state: &'a HostState,
+    pub compiled: Compiled,
+    devs: HashMap<String, Dev>,
+    owners: HashMap<IpAddr, Owner>,
+}
+
+fn arptype(l: &Link) -> u16 {
+    if l.kind == LinkKind::Loopback {
+        772
+    } else {
+        1
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        ICMP => "icmp".into(),
+        TCP => "tcp".into(),
+        UDP => "udp".into(),
+        ICMPV6 => "icmpv6".into(),
+        n => n.to_string(),
+    }
+}
+
+impl<'a> Tracer<'a> {
+    /// Compiles the state's ruleset and indexes its addresses.
+    pub fn new(state: &'a HostState) -> Tracer<'a> {
+        let devs = state
+            .links
+            .iter()
+            .map(|l| {
+                (
+                    l.name.clone(),
+                    Dev {
+                        name: l.name.clone(),
+                        index: l.index,
+                        kind: match l.kind {
+                            LinkKind::Physical | LinkKind::Loopback => String::new(),
+                            LinkKind::Tap => "tun".into(),
+                            ref k => k.as_str().to_string(),
+                        },
+                        arptype: arptype(l),
+                    },
+                )
+            })
+            .collect();
+        let mut owners = HashMap::new();
+        for (vi, vm) in state.vms.iter().enumerate() {
+            for (ni, n) in vm.vnics.iter().enumerate() {
+                let mut addrs: Vec<IpAddr> = n.addresses.iter().map(|a| a.address).collect();
+                if let (Some(g), Some(gi)) = (&vm.guest, &n.guest_ifname) {
+                    if let Some(iface) = g.interfaces.iter().find(|i| &i.name == gi) {
+                        addrs.extend(iface.addresses.iter().map(|a| a.addr()));
+                    }
+                }
+                for a in addrs {
+                    owners.entry(a).or_insert(Owner { vm: vi, vnic: ni });
+                }
+            }
+        }
+        Tracer {
+            state,
+            compiled: compile(&state.nftables),
+            devs,
+            owners,
+        }
+    }
+
+    fn dev(&self, name: &str) -> Option<&Dev> {
+        self.devs.get(name)
+    }
+
+    fn evidence(&self, r: &RuleRef) -> RuleEvidence {
+        let text = match r.handle {
+            None => {
+                let policy = self
+                    .state
+                    .nftables
+                    .tables
+                    .iter()
+                    .find(|t| t.family.to_string() == r.family && t.name == r.table)
+                    .and_then(|t| t.chain(&r.chain))
+                    .and_then(|c| c.hook.as_ref())
+                    .map(|h| h.policy.clone())
+                    .unwrap_or_else(|| "accept".into());
+                format!("policy {policy}")
+            }
+            Some(h) => self
+                .state
+                .nftables
+                .tables
+                .iter()
+                .find(|t| t.family.to_string() == r.family && t.name == r.table)
+                .and_then(|t| {
+                    t.chain(&r.chain)
+                        .and_then(|c| c.rules.iter().find(|x| x.handle == h))
+                        .map(|x| rule_text(t, x))
+                })
+                .unwrap_or_default(),
+        };
+        RuleEvidence {
+            rule: r.clone(),
+            text,
+        }
+    }
+
+    /// A guest's address on a vNIC (guest view first, then what the host knows).
+    fn vnic_address(&self, vm: usize, vnic: usize, v6: bool) -> Option<IpAddr> {
+        let v = &self.state.vms[vm];
+        let n = &v.vnics[vnic];
+        if let (Some(g), Some(gi)) = (&v.guest, &n.guest_ifname) {
+            if let Some(iface) = g.interfaces.iter().find(|i| &i.name == gi) {
+                if let Some(a) = iface.addresses.iter().find(|a| a.addr().is_ipv6() == v6) {
+                    return Some(a.addr());
+                }
+            }
+        }
+        n.addresses
+            .iter()
+            .find(|a| a.address.is_ipv6() == v6 && !is_link_local(a.address))
+            .map(|a| a.address)
+    }
+
+    fn find_vm(&self, name: &str) -> Result<usize, TraceError> {
+        self.state
+            .vms
+            .iter()
+            .position(|v| v.name == name)
+            .ok_or_else(|| TraceError::NoSuchVm(name.to_string()))
+    }
+
+    /// Traces a flow and its reply.
+    pub fn trace(&self, spec: &FlowSpec) -> Result<Trace, TraceError> {
+        // destination address
+        let want_v6 = match &spec.to {
+            Endpoint::Addr(a) => a.is_ipv6(),
+            _ => matches!(&spec.from, Endpoint::Addr(a) if a.is_ipv6()),
+        };
+        let dst = match &spec.to {
+            Endpoint::Addr(a) => *a,
+            Endpoint::Vm { name, vnic } => {
+                let vi = self.find_vm(name)?;
+                let ni = vnic.unwrap_or(0);
+                if self.state.vms[vi].vnics.len() <= ni {
+                    return Err(TraceError::NoSuchVnic(name.clone(), ni));
+                }
+                self.vnic_address(vi, ni, want_v6)
+                    .ok_or_else(|| TraceError::NoAddress(name.clone()))?
+            }
+            Endpoint::Host => self
+                .state
+                .addresses
+                .iter()
+                .find(|a| a.scope == "global" && a.address.is_ipv6() == want_v6)
+                .map(|a| a.address)
+                .ok_or(TraceError::NoHostAddress)?,
+        };
+        let v6 = dst.is_ipv6();
+        let mut w = Walk {
+            t: self,
+            hops: vec![],
+            reply: false,
+            prev: None,
+        };
+        let (src, start) = match &spec.from {
+            Endpoint::Vm { name, vnic } => {
+                let vi = self.find_vm(name)?;
+                let ni = match vnic {
+                    Some(i) => *i,
+                    None => self.pick_vnic(vi, dst),
+                };
+                if self.state.vms[vi].vnics.len() <= ni {
+                    return Err(TraceError::NoSuchVnic(name.clone(), ni));
+                }
+                let src = self
+                    .vnic_address(vi, ni, v6)
+                    .ok_or_else(|| TraceError::NoAddress(name.clone()))?;
+                (src, Start::Guest(vi, ni))
+            }
+            Endpoint::Host => {
+                let src = match route(self.state, dst, dst, None, 0) {
+                    RouteResult::Unicast {
+                        dev,
+                        gateway,
+                        prefsrc,
+                        ..
+                    } => select_source(self.state, &dev, gateway.unwrap_or(dst), prefsrc),
+                    _ => None,
+                }
+                .or_else(|| {
+                    self.state
+                        .addresses
+                        .iter()
+                        .find(|a| a.address.is_ipv6() == v6 && a.scope == "global")
+                        .map(|a| a.address)
+                })
+                .ok_or(TraceError::NoHostAddress)?;
+                (src, Start::Host)
+            }
+            Endpoint::Addr(a) => match self.owners.get(a) {
+                Some(o) => (*a, Start::Guest(o.vm, o.vnic)),
+                None if self.state.owner_of(*a).is_some() => (*a, Start::Host),
+                None => (*a, Start::External),
+            },
+        };
+        let mut pkt = Packet::new(src, dst, spec.proto, spec.dport);
+        if let Some(sp) = spec.sport {
+            pkt.sport = sp;
+        }
+        if let Some(sz) = spec.size {
+            pkt.len = sz;
+        }
+        pkt.df = spec.df;
+        let from_desc = describe(self, &spec.from, src);
+        let to_desc = describe(self, &spec.to, dst);
+        let verdict = w.run(start, pkt.clone());
+        Ok(Trace {
+            from: from_desc,
+            to: to_desc,
+            proto: proto_name(spec.proto),
+            size: pkt.len,
+            hops: w.hops,
+            verdict,
+        })
+    }
+
+    /// The vNIC a VM would use towards `dst`: the one on the destination's subnet, else the
+    /// one whose guest default route leaves through it, else the first.
+    fn pick_vnic(&self, vm: usize, dst: IpAddr) -> usize {
+        let v = &self.state.vms[vm];
+        if let Some(g) = &v.guest {
+            let routes = g.routes.as_deref().unwrap_or(&[]);
+            if let Some(r) = kvmnet_model::ip::lookup_route(routes, 254, dst) {
+                if let Some(dev) = &r.dev {
+                    if let Some(i) = v
+                        .vnics
+                        .iter()
+                        .position(|n| n.guest_ifname.as_ref() == Some(dev))
+                    {
+                        return i;
+                    }
+                }
+            }
+        }
+        0
+    }
+}
+
+fn is_link_local(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => v.is_link_local(),
+        IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+fn describe(t: &Tracer, e: &Endpoint, addr: IpAddr) -> String {
+    match e {
+        Endpoint::Vm { name, .. } => format!("vm:{name} ({addr})"),
+        Endpoint::Host => format!("host ({addr})"),
+        Endpoint::Addr(a) => match t.owners.get(a) {
+            Some(o) => format!("{a} (vm:{})", t.state.vms[o.vm].name),
+            None if t.state.owner_of(*a).is_some() => format!("{a} (host)"),
+            None => a.to_string(),
+        },
+    }
+}
+
+enum Start {
+    Guest(usize, usize),
+    Host,
+    External,
+}
+
+/// Where a packet ended up after a successful forward pass.
+#[derive(Clone, Debug)]
+enum Landed {
+    Guest(usize, usize),
+    Host,
+    /// Left the host through `dev` towards `next_hop`.
+    External {
+        dev: String,
+    },
+}
+
+/// What the forward pass produced: where the packet landed, the packet as it arrived, and
+/// the NAT applied on the way (for the reply's reverse translation).
+#[derive(Clone, Debug)]
+struct Outcome {
+    landed: Landed,
+    pkt: Packet,
+    /// The packet as first sent.
+    orig: Packet,
+    snat: Option<IpAddr>,
+    dnat: Option<(IpAddr, u16)>,
+    routed_via_default: bool,
+}
+
+struct Fibber<'a> {
+    s: &'a HostState,
+    devs: &'a HashMap<String, Dev>,
+}
+
+impl Fib for Fibber<'_> {
+    fn fib(
+        &self,
+        pkt: &Packet,
+        iif: Option<&Dev>,
+        _oif: Option<&Dev>,
+        result: u32,
+        flags: u32,
+    ) -> Option<Vec<u8>> {
+        // flags: 1 saddr, 2 daddr, 4 mark, 8 iif, 16 oif, 32 present
+        let addr = if flags & 1 != 0 { pkt.src } else { pkt.dst };
+        let r = route(
+            self.s,
+            pkt.src,
+            addr,
+            iif.map(|d| d.name.as_str()),
+            pkt.mark,
+        );
+        match result {
+            1 | 2 => {
+                let dev = match &r {
+                    RouteResult::Unicast { dev, .. } => Some(dev.clone()),
+                    RouteResult::Local { dev } => dev.clone(),
+                    _ => None,
+                };
+                // with `iif` in the flags, the result must be the input interface
+                let dev = match (flags & 8 != 0, iif, dev) {
+                    (true, Some(i), Some(d)) if d != i.name => None,
+                    (_, _, d) => d,
+                };
+                if result == 1 {
+                    let idx = dev
+                        .and_then(|d| self.devs.get(&d))
+                        .map(|d| d.index)
+                        .unwrap_or(0);
+                    Some(idx.to_ne_bytes().to_vec())
+                } else {
+                    let mut b = [0u8; 16];
+                    if let Some(d) = dev {
+                        let n = d.as_bytes();
+                        let l = n.len().min(15);
+                        b[..l].copy_from_slice(&n[..l]);
+                    }
+                    Some(b.to_vec())
+                }
+            }
+            3 => Some(self.addrtype(addr).to_ne_bytes().to_vec()),
+            _ => None,
+        }
+    }
+
+    fn addrtype(&self, addr: IpAddr) -> u32 {
+        if addr.is_multicast() {
+            return 5;
+        }
+        if self.s.addresses.iter().any(|a| a.address == addr) {
+            return 2;
+        }
+        if let IpAddr::V4(v) = addr {
+            if v.is_broadcast()
+                || self.s.addresses.iter().any(|a| {
+                    matches!(a.network(), ipnet::IpNet::V4(n) if n.prefix_len() < 31 && n.broadcast() == v)
+                })
+            {
+                return 3;
+            }
+        }
+        match route(self.s, addr, addr, None, 0) {
+            RouteResult::Reject { kind, .. } if kind.contains("blackhole") => 6,
+            RouteResult::Reject { kind, .. } if kind.contains("prohibit") => 8,
+            RouteResult::Reject { .. } | RouteResult::NoRoute => 7,
+            _ => 1,
+        }
+    }
+}
+
+struct Walk<'t, 'a> {
+    t: &'t Tracer<'a>,
+    hops: Vec<Hop>,
+    reply: bool,
+    /// The forward pass, while the reply is walked (for reverse NAT).
+    prev: Option<Outcome>,
+}
+
+type Step<T> = Result<T, Verdict>;
+
+impl<'t, 'a> Walk<'t, 'a> {
+    fn s(&self) -> &'a HostState {
+        self.t.state
+    }
+
+    fn stage(&self, s: &str) -> String {
+        if self.reply {
+            format!("reply: {s}")
+        } else {
+            s.to_string()
+        }
+    }
+
+    fn hop(&mut self, stage: &str, decision: impl Into<String>, facts: Vec<String>) {
+        let stage = self.stage(stage);
+        self.hops.push(Hop {
+            stage,
+            decision: decision.into(),
+            facts,
+            rule: None,
+        });
+    }
+
+    fn drop(
+        &mut self,
+        stage: &str,
+        cause: &str,
+        reason: impl Into<String>,
+        facts: Vec<String>,
+    ) -> Verdict {
+        let reason = reason.into();
+        self.hop(stage, format!("drop: {reason}"), facts);
+        Verdict::Dropped {
+            at: self.stage(stage),
+            cause: cause.into(),
+            reason,
+            rule: None,
+            reply: self.reply,
+        }
+    }
+
+    fn run(&mut self, start: Start, pkt: Packet) -> Verdict {
+        let out = match self.forward_pass(&start, pkt.clone()) {
+            Ok(o) => o,
+            Err(v) => return v,
+        };
+        // the reply, from where the packet landed back to where it started
+        self.reply = true;
+        let rp = out.pkt.reply();
+        let orig_src = pkt.src;
+        self.prev = Some(out.clone());
+        let landed_desc;
+        let res = match &out.landed {
+            Landed::External { dev } => {
+                landed_desc = format!("{} via {dev}", pkt.dst);
+                let from_private = is_private(orig_src) && out.snat.is_none();
+                let on_link = self
+                    .s()
+                    .addresses_of(dev)
+                    .any(|a| a.network().contains(&orig_src));
+                let declared_routed = self.declared_routed(orig_src);
+                if from_private && out.routed_via_default && !on_link && !declared_routed {
+                    return self.drop(
+                        "return path",
+                        "no-snat",
+                        format!(
+                            "the packet left {dev} with private source {orig_src} and no SNAT: the upstream cannot route the reply back"
+                        ),
+                        vec!["no masquerade/snat rule matched in postrouting".into()],
+                    );
+                }
+                self.hop(
+                    "upstream",
+                    format!("{} answers {}", pkt.dst, rp.dst),
+                    vec![format!("the reply comes back in through {dev}")],
+                );
+                self.host_in(dev.clone(), rp)
+            }
+            Landed::Host => {
+                landed_desc = format!("host ({})", pkt.dst);
+                self.host_out(rp)
+            }
+            Landed::Guest(vm, vnic) => {
+                landed_desc = format!("vm:{} ({})", self.s().vms[*vm].name, pkt.dst);
+                self.guest_sends(*vm, *vnic, rp)
+            }
+        };
+        match res {
+            Ok(_) => Verdict::Delivered { to: landed_desc },
+            Err(v) => v,
+        }
+    }
+
+    fn declared_routed(&self, src: IpAddr) -> bool {
+        self.s().networks.iter().any(|n| {
+            matches!(
+                n.forward,
+                kvmnet_model::ForwardMode::Route | kvmnet_model::ForwardMode::Open
+            ) && n.subnets().iter().any(|s| s.contains(&src))
+        })
+    }
+
+    fn forward_pass(&mut self, start: &Start, pkt: Packet) -> Step<Outcome> {
+        let landed = match start {
+            Start::Guest(vm, vnic) => self.guest_sends(*vm, *vnic, pkt.clone())?,
+            Start::Host => self.host_out(pkt.clone())?,
+            Start::External => {
+                // it arrives on the interface the host would use to reach its source
+                let dev = match route(self.s(), pkt.dst, pkt.src, None, 0) {
+                    RouteResult::Unicast { dev, .. } => dev,
+                    _ => {
+                        return Err(self.drop(
+                            "ingress",
+                            "no-route",
+                            format!(
+                                "the host has no route towards {}: it cannot arrive",
+                                pkt.src
+                            ),
+                            vec![],
+                        ))
+                    }
+                };
+                self.hop(
+                    "ingress",
+                    format!("arrives on {dev}"),
+                    vec![format!("{} is reached through {dev}", pkt.src)],
+                );
+                self.host_in(dev, pkt.clone())?
+            }
+        };
+        Ok(Outcome {
+            landed: landed.0,
+            pkt: landed.1,
+            orig: pkt,
+            snat: landed.2.snat,
+            dnat: landed.2.dnat,
+            routed_via_default: landed.2.via_default,
+        })
+    }
+}
+
+/// NAT and routing facts gathered on the way.
+#[derive(Clone, Debug, Default)]
+struct PathNotes {
+    snat: Option<IpAddr>,
+    dnat: Option<(IpAddr, u16)>,
+    via_default: bool,
+}
+
+type Arrived = (Landed, Packet, PathNotes);
+
+fn is_private(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => {
+            let o = v.octets();
+            v.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) || v.is_link_local()
+        }
+        IpAddr::V6(v) => {
+            (v.segments()[0] & 0xfe00) == 0xfc00 || (v.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+impl Walk<'_, '_> {
+    fn fibber(&self) -> Fibber<'_> {
+        Fibber {
+            s: self.t.state,
+            devs: &self.t.devs,
+        }
+    }
+
+    /// Runs one IP-family hook; a drop or unknown ends the walk.
+    #[allow(clippy::too_many_arguments)]
+    fn ip_hook(
+        &mut self,
+        hook: &str,
+        pkt: &Packet,
+        iif: Option<&str>,
+        oif: Option<&str>,
+        bridge: Option<(&str, Option<&str>, Option<&str>)>,
+        ct_orig: (IpAddr, IpAddr, u16, u16),
+        families: &[NftFamily],
+        stage: &str,
+    ) -> Step<Option<Nat>> {
+        let fib = self.fibber();
+        let iif_d = iif.and_then(|n| self.t.dev(n)).cloned();
+        let oif_d = oif.and_then(|n| self.t.dev(n)).cloned();
+        let cx = HookCtx {
+            iif: iif_d.as_ref(),
+            oif: oif_d.as_ref(),
+            bri_in: bridge.map(|b| b.0),
+            bri_out: bridge.map(|b| b.0),
+            phys_in: bridge.and_then(|b| b.1),
+            phys_out: bridge.and_then(|b| b.2),
+            ct_orig,
+            fib: &fib,
+        };
+        let res = eval_hook(&self.t.compiled, families, hook, pkt, &cx);
+        if res.chains == 0 {
+            return Ok(None);
+        }
+        match res.verdict {
+            HookVerdict::Accept => {
+                let ev: Vec<RuleEvidence> =
+                    res.accepted_by.iter().map(|r| self.t.evidence(r)).collect();
+                let facts: Vec<String> = ev
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{} {} {}: {}",
+                            e.rule.family,
+                            e.rule.table,
+                            e.rule.chain,
+                            if e.text.is_empty() {
+                                "accept".into()
+                            } else {
+                                e.text.clone()
+                            }
+                        )
+                    })
+                    .collect();
+                let decision = match &res.nat {
+                    Some(n) => format!(
+                        "{}{}",
+                        n.kind,
+                        n.addr.map(|a| format!(" to {a}")).unwrap_or_default()
+                    ),
+                    None => "accept".into(),
+                };
+                let stage_s = self.stage(stage);
+                self.hops.push(Hop {
+                    stage: stage_s,
+                    decision,
+                    facts,
+                    rule: res.nat.as_ref().map(|n| self.t.evidence(&n.rule)),
+                });
+                Ok(res.nat)
+            }
+            HookVerdict::Drop { rule, reject } => {
+                let ev = self.t.evidence(&rule);
+                let cause = if bridge.is_some() {
+                    "br-netfilter"
+                } else if rule.handle.is_none() {
+                    "nft-policy"
+                } else {
+                    "nft-rule"
+                };
+                let reason = format!(
+                    "{} by {} {} {} {}{}",
+                    if reject { "rejected" } else { "dropped" },
+                    rule.family,
+                    rule.table,
+                    rule.chain,
+                    match rule.handle {
+                        Some(h) => format!("handle {h}: "),
+                        None => String::new(),
+                    },
+                    ev.text
+                );
+                let stage_s = self.stage(stage);
+                self.hops.push(Hop {
+                    stage: stage_s.clone(),
+                    decision: format!("drop: {reason}"),
+                    facts: vec![],
+                    rule: Some(ev.clone()),
+                });
+                Err(Verdict::Dropped {
+                    at: stage_s,
+                    cause: cause.into(),
+                    reason,
+                    rule: Some(ev),
+                    reply: self.reply,
+                })
+            }
+            HookVerdict::Unknown { rule, what } => {
+                let ev = self.t.evidence(&rule);
+                let stage_s = self.stage(stage);
+                self.hops.push(Hop {
+                    stage: stage_s.clone(),
+                    decision: format!("unknown: cannot evaluate {what}"),
+                    facts: vec![],
+                    rule: Some(ev.clone()),
+                });
+                Err(Verdict::Unknown {
+                    at: stage_s,
+                    what,
+                    rule: Some(ev),
+                })
+            }
+        }
+    }
+
+    fn link_ok(&mut self, name: &str, stage: &str, cause: &str) -> Step<&'_ Link> {
+        let s = self.t.state;
+        match s.link(name) {
+            None => Err(self.drop(stage, cause, format!("{name} does not exist"), vec![])),
+            Some(l) if !l.admin_up => Err(self.drop(
+                stage,
+                cause,
+                format!("{name} is administratively down"),
+                vec![format!("{name}: state {}", l.state_word())],
+            )),
+            Some(l) if !l.is_usable() => Err(self.drop(
+                stage,
+                cause,
+                format!("{name} has no carrier ({})", l.oper_state.as_str()),
+                vec![format!("{name}: state {}", l.state_word())],
+            )),
+            Some(l) => Ok(l),
+        }
+    }
+
+    /// A guest sends `pkt` out of vNIC `ni`; follows it onto the host.
+    fn guest_sends(&mut self, vi: usize, ni: usize, mut pkt: Packet) -> Step<Arrived> {
+        let s = self.t.state;
+        let vm = &s.vms[vi];
+        let vnic = &vm.vnics[ni];
+        let mut facts = vec![];
+        // guest routing
+        let mut next_hop = pkt.dst;
+        let guest_if = vnic.guest_ifname.clone();
+        let mut guest_mtu = vnic.mtu;
+        match &vm.guest {
+            Some(g) => {
+                let iface = guest_if
+                    .as_ref()
+                    .and_then(|n| g.interfaces.iter().find(|i| &i.name == n));
+                if let Some(i) = iface {
+                    if !i.up {
+                        return Err(self.drop(
+                            &format!("vm:{}", vm.name),
+                            "guest-link-down",
+                            format!("the guest's {} is down", i.name),
+                            vec![],
+                        ));
+                    }
+                    if i.addresses.is_empty() {
+                        return Err(self.drop(
+                            &format!("vm:{}", vm.name),
+                            "guest-no-address",
+                            format!("the guest's {} has no address", i.name),
+                            vec![],
+                        ));
+                    }
+                    guest_mtu = i.mtu.or(guest_mtu);
+                }
+                if let Some(routes) = &g.routes {
+                    let table: Vec<_> = routes.to_vec();
+                    match kvmnet_model::ip::lookup_route(&table, 254, pkt.dst) {
+                        None => {
+                            return Err(self.drop(
+                                &format!("vm:{}", vm.name),
+                                "guest-no-route",
+                                format!("the guest has no route to {}", pkt.dst),
+                                vec![],
+                            ))
+                        }
+                        Some(r) => {
+                            if let Some(gw) = r.first_gateway() {
+                                next_hop = gw;
+                                facts.push(format!(
+                                    "guest route {} via {gw}",
+                                    if r.is_default() {
+                                        "default".into()
+                                    } else {
+                                        r.dst.to_string()
+                                    }
+                                ));
+                            } else {
+                                facts.push(format!("{} is on-link ({})", pkt.dst, r.dst));
+                            }
+                        }
+                    }
+                }
+            }
+            None => {
+                // no view into the guest: assume it uses the host's address on its subnet as
+                // gateway, as DHCP would have told it
+                let bridge = vnic
+                    .host_dev
+                    .as_deref()
+                    .and_then(|d| s.link(d))
+                    .and_then(|l| l.master.clone())
+                    .or(vnic.source_bridge.clone());
+                let on_link = bridge
+                    .as_deref()
+                    .map(|b| s.addresses_of(b).any(|a| a.network().contains(&pkt.dst)))
+                    .unwrap_or(false)
+                    || self.t.owners.get(&pkt.dst).is_some_and(|o| {
+                        s.vms[o.vm].vnics[o.vnic].source_bridge == bridge && bridge.is_some()
+                    });
+                if !on_link {
+                    if let Some(gw) = bridge.as_deref().and_then(|b| {
+                        s.addresses_of(b)
+                            .find(|a| a.network().contains(&pkt.src))
+                            .map(|a| a.address)
+                    }) {
+                        next_hop = gw;
+                        facts.push(format!(
+                            "assumed guest route via {gw} (no view into the guest)"
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(m) = guest_mtu {
+            if pkt.len > m {
+                if pkt.df {
+                    return Err(self.drop(
+                        &format!("vm:{}", vm.name),
+                        "mtu",
+                        format!("{} bytes with DF do not fit the guest's MTU {m}", pkt.len),
+                        vec![],
+                    ));
+                }
+                pkt.len = m;
+            }
+        }
+        pkt.src_mac = vnic.mac;
+        self.hop(
+            &format!("vm:{}", vm.name),
+            format!(
+                "sends {} -> {} out of {}",
+                pkt.src,
+                pkt.dst,
+                guest_if.clone().unwrap_or_else(|| "its NIC".into())
+            ),
+            facts,
+        );
+        // the host side of the vNIC
+        if vnic.link_up == Some(false) {
+            return Err(self.drop(
+                &format!("vnic {}", vnic.host_dev.clone().unwrap_or_default()),
+                "vnic-link-down",
+                "the domain interface has link state down".to_string(),
+                vec![],
+            ));
+        }
+        if matches!(vnic.iface_type, VnicType::User) {
+            return Err(Verdict::Unknown {
+                at: self.stage("vnic"),
+                what: "user-mode networking (slirp/passt) is outside the host's network stack"
+                    .into(),
+                rule: None,
+            });
+        }
+        let Some(dev) = vnic.host_dev.clone() else {
+            return Err(Verdict::Unknown {
+                at: self.stage("vnic"),
+                what: "the vNIC's host device is not known".into(),
+                rule: None,
+            });
+        };
+        let stage = format!(
+            "{dev} ({})",
+            s.link(&dev).map(|l| l.kind.to_string()).unwrap_or_default()
+        );
+        let link = self.link_ok(&dev, &stage, "link-down")?.clone();
+        if link.kind == LinkKind::Veth && pkt.len > link.mtu {
+            return Err(self.drop(
+                &stage,
+                "mtu",
+                format!(
+                    "{} bytes exceed {dev}'s MTU {} (the veth drops it)",
+                    pkt.len, link.mtu
+                ),
+                vec![],
+            ));
+        }
+        self.hop(
+            &stage,
+            "receives the frame",
+            vec![format!("{dev}: {}, mtu {}", link.state_word(), link.mtu)],
+        );
+        match link.master.clone() {
+            Some(br) if s.link(&br).is_some_and(|b| b.kind == LinkKind::Bridge) => {
+                self.bridge_in(&br, &dev, next_hop, pkt, &link)
+            }
+            Some(m) => Err(Verdict::Unknown {
+                at: self.stage(&stage),
+                what: format!("{dev} is enslaved to {m}, which is not a Linux bridge"),
+                rule: None,
+            }),
+            None => {
+                // a lone L3 interface: the host answers ARP for its addresses (weak host model,
+                // arp_ignore 0) and routes whatever arrives
+                let has_addr = s.addresses_of(&dev).any(|a| a.scope == "global");
+                let arp_ignore = s.sysctls.effective_arp_ignore(&dev);
+                let host_has = s.addresses.iter().any(|a| a.address == next_hop);
+                let answers = (host_has
+                    && (arp_ignore == 0 || s.addresses_of(&dev).any(|a| a.address == next_hop)))
+                    || (s.sysctls.effective_proxy_arp(&dev) && !host_has);
+                let expected_bridge = vnic.source_bridge.clone().or_else(|| {
+                    s.bridges()
+                        .find(|b| {
+                            s.addresses_of(&b.name)
+                                .any(|a| a.network().contains(&pkt.src))
+                        })
+                        .map(|b| b.name.clone())
+                });
+                if !answers {
+                    if !has_addr {
+                        if let Some(b) = expected_bridge {
+                            return Err(self.drop(
+                                &stage,
+                                "not-in-bridge",
+                                format!("{dev} is not attached to bridge {b}: nothing on its segment answers ARP for {next_hop}"),
+                                vec![format!("{dev}: no master")],
+                            ));
+                        }
+                    }
+                    return Err(self.drop(
+                        &stage,
+                        "arp-failed",
+                        format!("nothing answers ARP for {next_hop} on {dev}"),
+                        vec![],
+                    ));
+                }
+                self.hop(
+                    &stage,
+                    format!("the host answers ARP for {next_hop} on {dev}"),
+                    if has_addr {
+                        vec![]
+                    } else {
+                        vec![format!(
+                            "{dev} has no master and no address (arp_ignore {arp_ignore})"
+                        )]
+                    },
+                );
+                self.host_in(dev, pkt)
+            }
+        }
+    }
+
+    /// A frame enters bridge `br` on `port`, for next hop `nh`.
+    fn bridge_in(
+        &mut self,
+        br: &str,
+        port: &str,
+        nh: IpAddr,
+        mut pkt: Packet,
+        port_link: &Link,
+    ) -> Step<Arrived> {
+        let s = self.t.state;
+        let stage = format!("bridge {br}");
+        let brl = s.link(br).cloned();
+        let Some(brl) = brl else {
+            return Err(self.drop(
+                &stage,
+                "bridge-down",
+                format!("bridge {br} does not exist"),
+                vec![],
+            ));
+        };
+        if !brl.admin_up {
+            return Err(self.drop(
+                &stage,
+                "bridge-down",
+                format!("bridge {br} is down"),
+                vec![],
+            ));
+        }
+        let pstate = port_link
+            .bridge_port
+            .as_ref()
+            .map(|p| p.state)
+            .unwrap_or_default();
+        if pstate != PortState::Forwarding {
+            return Err(self.drop(
+                &stage,
+                "port-blocked",
+                format!("port {port} is in STP state {}", pstate.as_str()),
+                vec![],
+            ));
+        }
+        // who answers ARP for the next hop on this segment?
+        let host_on_br = s.addresses_of(br).any(|a| a.address == nh);
+        let host_any = s
+            .addresses
+            .iter()
+            .any(|a| a.address == nh && s.link(&a.ifname).is_none_or(|l| l.admin_up));
+        let arp_ignore = s.sysctls.effective_arp_ignore(br);
+        let guest = self.t.owners.get(&nh).cloned().filter(|o| {
+            let v = &s.vms[o.vm].vnics[o.vnic];
+            v.host_dev
+                .as_deref()
+                .and_then(|d| s.link(d))
+                .is_some_and(|l| l.master.as_deref() == Some(br))
+        });
+        if host_on_br || (host_any && arp_ignore == 0) {
+            pkt.dst_mac = brl.mac;
+            self.hop(
+                &stage,
+                format!("{nh} is the host: deliver up to {br}"),
+                vec![format!("{br}: {}", brl.state_word())],
+            );
+            self.bridge_hook("prerouting", &pkt, Some(port), None, br)?;
+            self.bridge_hook("input", &pkt, Some(port), None, br)?;
+            return self.host_in(br.to_string(), pkt);
+        }
+        if let Some(o) = guest {
+            let out_dev = s.vms[o.vm].vnics[o.vnic]
+                .host_dev
+                .clone()
+                .unwrap_or_default();
+            pkt.dst_mac = s.vms[o.vm].vnics[o.vnic].mac;
+            let learned = s
+                .fdb
+                .iter()
+                .any(|f| Some(f.mac) == pkt.dst_mac && f.ifname == out_dev);
+            self.hop(
+                &stage,
+                format!("forward to port {out_dev} (vm:{})", s.vms[o.vm].name),
+                vec![if learned {
+                    format!(
+                        "fdb: {} on {out_dev}",
+                        pkt.dst_mac.map(|m| m.to_string()).unwrap_or_default()
+                    )
+                } else {
+                    "destination MAC not learned yet: flooded to every port".to_string()
+                }],
+            );
+            return self.bridge_forward(br, port, &out_dev, pkt, o);
+        }
+        if s.sysctls.effective_proxy_arp(br) && !host_any {
+            pkt.dst_mac = brl.mac;
+            self.hop(
+                &stage,
+                format!("proxy ARP: the host answers for {nh}"),
+                vec![],
+            );
+            return self.host_in(br.to_string(), pkt);
+        }
+        let mut facts = vec![];
+        if host_any {
+            facts.push(format!("{nh} is a host address on another interface and arp_ignore on {br} is {arp_ignore}"));
+        }
+        Err(self.drop(
+            &stage,
+            "arp-failed",
+            format!("nothing on {br} answers ARP for {nh}"),
+            facts,
+        ))
+    }
+
+    fn bridge_hook(
+        &mut self,
+        hook: &str,
+        pkt: &Packet,
+        iif: Option<&str>,
+        oif: Option<&str>,
+        br: &str,
+    ) -> Step<()> {
+        let ct = (pkt.src, pkt.dst, pkt.sport, pkt.dport);
+        self.ip_hook(
+            hook,
+            pkt,
+            iif,
+            oif,
+            None,
+            ct,
+            &[NftFamily::Bridge],
+            &format!("bridge {br} {hook} (bridge family)"),
+        )
+        .map(|_| ())
+        .map_err(|v| relabel(v, "bridge-filter"))
+    }
+
+    /// A frame bridged from `in_port` to `out_port` (another guest).
+    fn bridge_forward(
+        &mut self,
+        br: &str,
+        in_port: &str,
+        out_port: &str,
+        pkt: Packet,
+        o: Owner,
+    ) -> Step<Arrived> {
+        let s = self.t.state;
+        let brl = s.link(br).cloned();
+        self.bridge_hook("prerouting", &pkt, Some(in_port), None, br)?;
+        self.bridge_hook("forward", &pkt, Some(in_port), Some(out_port), br)?;
+        // br_netfilter: bridged IP traffic also crosses the IP hooks
+        let call = if pkt.is_v6() {
+            s.sysctls.bridge_nf_call_ip6tables.unwrap_or(false)
+                || brl
+                    .as_ref()
+                    .and_then(|b| b.bridge.as_ref())
+                    .is_some_and(|b| b.nf_call_ip6tables)
+        } else {
+            s.sysctls.bridge_nf_call_iptables.unwrap_or(false)
+                || brl
+                    .as_ref()
+                    .and_then(|b| b.bridge.as_ref())
+                    .is_some_and(|b| b.nf_call_iptables)
+        };
+        let ct = (pkt.src, pkt.dst, pkt.sport, pkt.dport);
+        if call {
+            let fams = ip_families(pkt.is_v6());
+            self.hop(
+                &format!("bridge {br}"),
+                "br_netfilter passes the frame through the IP hooks".to_string(),
+                vec![format!(
+                    "net.bridge.bridge-nf-call-{}tables = 1",
+                    if pkt.is_v6() { "ip6" } else { "ip" }
+                )],
+            );
+            self.ip_hook(
+                "prerouting",
+                &pkt,
+                Some(in_port),
+                None,
+                Some((br, Some(in_port), None)),
+                ct,
+                &fams,
+                "ip prerouting (br_netfilter)",
+            )?;
+            self.ip_hook(
+                "forward",
+                &pkt,
+                Some(br),
+                Some(br),
+                Some((br, Some(in_port), Some(out_port))),
+                ct,
+                &fams,
+                "ip forward (br_netfilter)",
+            )?;
+            self.ip_hook(
+                "postrouting",
+                &pkt,
+                None,
+                Some(br),
+                Some((br, Some(in_port), Some(out_port))),
+                ct,
+                &fams,
+                "ip postrouting (br_netfilter)",
+            )?;
+        }
+        self.bridge_hook("postrouting", &pkt, None, Some(out_port), br)?;
+        self.send_to_port(br, out_port, pkt, o)
+    }
+
+    /// The bridge transmits out of `port` towards the guest that owns it.
+    fn send_to_port(&mut self, br: &str, port: &str, pkt: Packet, o: Owner) -> Step<Arrived> {
+        let s = self.t.state;
+        let stage = format!("{port} (to vm:{})", s.vms[o.vm].name);
+        let link = self.link_ok(port, &stage, "link-down")?.clone();
+        if link.master.as_deref() != Some(br) {
+            return Err(self.drop(
+                &stage,
+                "not-in-bridge",
+                format!("{port} is not attached to {br}"),
+                vec![],
+            ));
+        }
+        let pstate = link
+            .bridge_port
+            .as_ref()
+            .map(|p| p.state)
+            .unwrap_or_default();
+        if pstate != PortState::Forwarding {
+            return Err(self.drop(
+                &stage,
+                "port-blocked",
+                format!("port {port} is in STP state {}", pstate.as_str()),
+                vec![],
+            ));
+        }
+        if pkt.len > link.mtu {
+            return Err(self.drop(
+                &stage,
+                "mtu",
+                format!(
+                    "{} bytes exceed {port}'s MTU {}: the bridge discards the frame silently",
+                    pkt.len, link.mtu
+                ),
+                vec![],
+            ));
+        }
+        self.deliver_guest(o, pkt, &stage)
+    }
+
+    fn deliver_guest(&mut self, o: Owner, pkt: Packet, stage: &str) -> Step<Arrived> {
+        let s = self.t.state;
+        let vm = &s.vms[o.vm];
+        let vnic = &vm.vnics[o.vnic];
+        if vnic.link_up == Some(false) {
+            return Err(self.drop(
+                stage,
+                "vnic-link-down",
+                "the domain interface has link state down",
+                vec![],
+            ));
+        }
+        if let (Some(g), Some(gi)) = (&vm.guest, &vnic.guest_ifname) {
+            if let Some(i) = g.interfaces.iter().find(|i| &i.name == gi) {
+                if !i.up {
+                    return Err(self.drop(
+                        &format!("vm:{}", vm.name),
+                        "guest-link-down",
+                        format!("the guest's {gi} is down"),
+                        vec![],
+                    ));
+                }
+                if let Some(m) = i.mtu {
+                    if pkt.len > m && vnic.model.as_deref() == Some("veth") {
+                        return Err(self.drop(
+                            &format!("vm:{}", vm.name),
+                            "mtu",
+                            format!("{} bytes exceed the guest's MTU {m}", pkt.len),
+                            vec![],
+                        ));
+                    }
+                }
+                if !i.addresses.iter().any(|a| a.addr() == pkt.dst) {
+                    return Err(self.drop(
+                        &format!("vm:{}", vm.name),
+                        "arp-failed",
+                        format!("the guest does not own {}", pkt.dst),
+                        vec![],
+                    ));
+                }
+            }
+        }
+        self.hop(
+            &format!("vm:{}", vm.name),
+            format!("receives {} -> {}", pkt.src, pkt.dst),
+            vec![],
+        );
+        Ok((Landed::Guest(o.vm, o.vnic), pkt, PathNotes::default()))
+    }
+
+    /// A packet enters the host's IP stack on `iif`.
+    fn host_in(&mut self, iif: String, mut pkt: Packet) -> Step<Arrived> {
+        let s = self.t.state;
+        let fams = ip_families(pkt.is_v6());
+        let orig = (pkt.src, pkt.dst, pkt.sport, pkt.dport);
+        let mut notes = PathNotes::default();
+        // reply packets: conntrack undoes the source NAT of the original direction
+        if let Some(prev) = self.prev.as_ref().filter(|_| self.reply) {
+            if prev.snat == Some(pkt.dst) {
+                let orig_src = prev.orig.src;
+                self.hop(
+                    "conntrack",
+                    format!("reverse NAT: destination {} -> {orig_src}", pkt.dst),
+                    vec![],
+                );
+                pkt.dst = orig_src;
+            }
+        }
+        let nat = self.ip_hook(
+            "prerouting",
+            &pkt,
+            Some(&iif),
+            None,
+            None,
+            orig,
+            &fams,
+            "ip prerouting",
+        )?;
+        if let Some(n) = nat {
+            match n.kind.as_str() {
+                "dnat" => {
+                    if let Some(a) = n.addr {
+                        pkt.dst = a;
+                    }
+                    if let Some(p) = n.port {
+                        pkt.dport = p;
+                    }
+                    pkt.ct_status |= 32;
+                    notes.dnat = Some((orig.1, orig.3));
+                }
+                "redirect" => {
+                    if let Some(p) = n.port {
+                        pkt.dport = p;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let r = route(s, pkt.src, pkt.dst, Some(&iif), pkt.mark);
+        match r {
+            RouteResult::Local { dev } => {
+                self.hop(
+                    "routing",
+                    format!(
+                        "{} is local{}",
+                        pkt.dst,
+                        dev.map(|d| format!(" ({d})")).unwrap_or_default()
+                    ),
+                    vec![],
+                );
+                let rp = s.sysctls.effective_rp_filter(&iif).unwrap_or(0);
+                if !rp_filter_ok(s, rp, pkt.src, pkt.dst, &iif) {
+                    return Err(self.drop(
+                        "routing",
+                        "rp-filter",
+                        format!(
+                            "rp_filter {rp} on {iif}: {} is not reached through {iif}",
+                            pkt.src
+                        ),
+                        vec![],
+                    ));
+                }
+                self.ip_hook(
+                    "input",
+                    &pkt,
+                    Some(&iif),
+                    None,
+                    None,
+                    orig,
+                    &fams,
+                    "ip input",
+                )?;
+                if !self.reply && matches!(pkt.proto, TCP | UDP) {
+                    let listening = s.sockets.iter().any(|k| {
+                        k.proto == proto_name(pkt.proto)
+                            && k.port == pkt.dport
+                            && (k.address == pkt.dst || k.address.is_unspecified())
+                    });
+                    if !listening {
+                        return Err(self.drop(
+                            "host",
+                            "no-listener",
+                            format!(
+                                "nothing listens on {} port {} on the host",
+                                proto_name(pkt.proto),
+                                pkt.dport
+                            ),
+                            vec![],
+                        ));
+                    }
+                }
+                self.hop(
+                    "host",
+                    format!("delivered to the host ({})", pkt.dst),
+                    vec![],
+                );
+                Ok((Landed::Host, pkt, notes))
+            }
+            RouteResult::Unicast {
+                dev,
+                gateway,
+                prefsrc,
+                mtu,
+                table,
+                dst,
+            } => {
+                // forwarding
+                let fwd = s.sysctls.if_forwarding(&iif).unwrap_or(false);
+                let fwd_all = if pkt.is_v6() {
+                    s.sysctls.ipv6_forwarding
+                } else {
+                    s.sysctls.ip_forward
+                };
+                if fwd_all == Some(false) || !fwd {
+                    return Err(self.drop(
+                        "routing",
+                        "ip-forward-disabled",
+                        format!(
+                            "forwarding is off ({})",
+                            if fwd_all == Some(false) {
+                                if pkt.is_v6() {
+                                    "net.ipv6.conf.all.forwarding = 0".to_string()
+                                } else {
+                                    "net.ipv4.ip_forward = 0".to_string()
+                                }
+                            } else {
+                                format!("net.ipv4.conf.{iif}.forwarding = 0")
+                            }
+                        ),
+                        vec![],
+                    ));
+                }
+                let rp = s.sysctls.effective_rp_filter(&iif).unwrap_or(0);
+                if !rp_filter_ok(s, rp, pkt.src, pkt.dst, &iif) {
+                    return Err(self.drop(
+                        "routing",
+                        "rp-filter",
+                        format!(
+                            "rp_filter {rp} on {iif}: the route back to {} does not use {iif}",
+                            pkt.src
+                        ),
+                        vec![],
+                    ));
+                }
+                notes.via_default = dst.prefix_len() == 0;
+                self.hop(
+                    "routing",
+                    format!(
+                        "forward via {dev}{}",
+                        gateway.map(|g| format!(" gateway {g}")).unwrap_or_default()
+                    ),
+                    vec![
+                        format!("table {table}: {dst}"),
+                        format!("forwarding on {iif}"),
+                    ],
+                );
+                self.ip_hook(
+                    "forward",
+                    &pkt,
+                    Some(&iif),
+                    Some(&dev),
+                    None,
+                    orig,
+                    &fams,
+                    "ip forward",
+                )?;
+                let (landed, p, n2) = self.out_dev(dev, gateway, prefsrc, mtu, pkt, orig, true)?;
+                notes.snat = n2.snat;
+                notes.via_default |= n2.via_default;
+                Ok((landed, p, notes))
+            }
+            RouteResult::Reject { kind, .. } => Err(self.drop(
+                "routing",
+                "route-reject",
+                format!("the route to {} is {kind}", pkt.dst),
+                vec![],
+            )),
+            RouteResult::NoRoute => Err(self.drop(
+                "routing",
+                "no-route",
+                format!("no route to {}", pkt.dst),
+                vec![],
+            )),
+        }
+    }
+
+    /// Postrouting, egress checks and where the packet goes next.
+    #[allow(clippy::too_many_arguments)]
+    fn out_dev(
+        &mut self,
+        dev: String,
+        gateway: Option<IpAddr>,
+        prefsrc: Option<IpAddr>,
+        route_mtu: Option<u32>,
+        mut pkt: Packet,
+        orig: (IpAddr, IpAddr, u16, u16),
+        forwarded: bool,
+    ) -> Step<Arrived> {
+        let s = self.t.state;
+        let fams = ip_families(pkt.is_v6());
+        let mut notes = PathNotes::default();
+        let stage = format!("egress {dev}");
+        let link = self.link_ok(&dev, &stage, "link-down")?.clone();
+        let mtu = route_mtu.unwrap_or(link.mtu).min(link.mtu);
+        if pkt.len > mtu {
+            if pkt.df || pkt.is_v6() {
+                return Err(self.drop(
+                    &stage,
+                    "mtu",
+                    format!(
+                        "{} bytes exceed the path MTU {mtu} with DF set{}",
+                        pkt.len,
+                        if forwarded {
+                            ": the host answers ICMP fragmentation needed"
+                        } else {
+                            ""
+                        }
+                    ),
+                    vec![],
+                ));
+            }
+            pkt.len = mtu;
+        }
+        let nat = self.ip_hook(
+            "postrouting",
+            &pkt,
+            None,
+            Some(&dev),
+            None,
+            orig,
+            &fams,
+            "ip postrouting",
+        )?;
+        if let Some(n) = nat {
+            match n.kind.as_str() {
+                "masquerade" => {
+                    if let Some(a) = select_source(s, &dev, gateway.unwrap_or(pkt.dst), prefsrc) {
+                        notes.snat = Some(a);
+                        pkt.src = a;
+                    }
+                }
+                "snat" => {
+                    if let Some(a) = n.addr {
+                        notes.snat = Some(a);
+                        pkt.src = a;
+                    }
+                }
+                _ => {}
+            }
+            if let Some(p) = n.port {
+                pkt.sport = p;
+            }
+        }
+        // reply packets: conntrack undoes the destination NAT of the original direction
+        if let Some((a, p)) = self
+            .prev
+            .as_ref()
+            .filter(|_| self.reply)
+            .and_then(|o| o.dnat)
+        {
+            if pkt.src != a {
+                self.hop(
+                    "conntrack",
+                    format!("reverse NAT: source {} -> {a}", pkt.src),
+                    vec![],
+                );
+                pkt.src = a;
+                pkt.sport = p;
+            }
+        }
+        let nh = gateway.unwrap_or(pkt.dst);
+        // where does it go from here?
+        if link.kind == LinkKind::Bridge {
+            let owner = self.t.owners.get(&nh).cloned();
+            match owner {
+                Some(o) => {
+                    let port = s.vms[o.vm].vnics[o.vnic]
+                        .host_dev
+                        .clone()
+                        .unwrap_or_default();
+                    self.hop(
+                        &stage,
+                        format!("bridge {dev} sends it to {port} (vm:{})", s.vms[o.vm].name),
+                        vec![],
+                    );
+                    let (l, p, _) = self.send_to_port(&dev, &port, pkt, o)?;
+                    return Ok((l, p, notes));
+                }
+                None => {
+                    return Err(self.drop(
+                        &stage,
+                        "arp-failed",
+                        format!("nothing on {dev} answers ARP for {nh}"),
+                        vec![],
+                    ));
+                }
+            }
+        }
+        if let Some(o) = self.t.owners.get(&nh).cloned() {
+            // a routed vNIC (tap/veth with the route to the guest)
+            if s.vms[o.vm].vnics[o.vnic].host_dev.as_deref() == Some(dev.as_str()) {
+                let (l, p, _) = self.deliver_guest(o, pkt, &stage)?;
+                return Ok((l, p, notes));
+            }
+        }
+        self.hop(
+            &stage,
+            format!("leaves the host towards {nh}"),
+            vec![
+                format!("{dev}: {}, mtu {}", link.state_word(), link.mtu),
+                format!("source {}", pkt.src),
+            ],
+        );
+        Ok((Landed::External { dev }, pkt, notes))
+    }
+
+    /// The host itself sends `pkt`.
+    fn host_out(&mut self, mut pkt: Packet) -> Step<Arrived> {
+        let s = self.t.state;
+        let fams = ip_families(pkt.is_v6());
+        let orig = (pkt.src, pkt.dst, pkt.sport, pkt.dport);
+        let r = route(s, pkt.src, pkt.dst, None, pkt.mark);
+        match r {
+            RouteResult::Local { .. } => {
+                self.hop("host", format!("{} is the host itself", pkt.dst), vec![]);
+                Ok((Landed::Host, pkt, PathNotes::default()))
+            }
+            RouteResult::Unicast {
+                dev,
+                gateway,
+                prefsrc,
+                mtu,
+                table,
+                dst,
+            } => {
+                self.hop(
+                    "routing",
+                    format!(
+                        "host sends via {dev}{}",
+                        gateway.map(|g| format!(" gateway {g}")).unwrap_or_default()
+                    ),
+                    vec![format!("table {table}: {dst}")],
+                );
+                let nat = self.ip_hook(
+                    "output",
+                    &pkt,
+                    None,
+                    Some(&dev),
+                    None,
+                    orig,
+                    &fams,
+                    "ip output",
+                )?;
+                if let Some(n) = nat {
+                    if n.kind == "dnat" {
+                        if let Some(a) = n.addr {
+                            pkt.dst = a;
+                        }
+                    }
+                }
+                self.out_dev(dev, gateway, prefsrc, mtu, pkt, orig, false)
+            }
+            RouteResult::Reject { kind, .. } => Err(self.drop(
+                "routing",
+                "route-reject",
+                format!("the route to {} is {kind}", pkt.dst),
+                vec![],
+            )),
+            RouteResult::NoRoute => Err(self.drop(
+                "routing",
+                "no-route",
+                format!("the host has no route to {}", pkt.dst),
+                vec![],
+            )),
+        }
+    }
+}
+
+fn relabel(v: Verdict, cause: &str) -> Verdict {
+    match v {
+        Verdict::Dropped {
+            at,
+            reason,
+            rule,
+            reply,
+            ..
+        } => Verdict::Dropped {
+            at,
+            cause: cause.into(),
+            reason,
+            rule,
+            reply,
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,68 @@
+//! `kvmnet trace`: one simulated packet, hop by hop.
+
+use std::net::IpAddr;
+
+use kvmnet_trace::{Endpoint, FlowSpec, Tracer, Verdict};
+
+use crate::cli::{Proto, TraceArgs};
+use crate::error::CliError;
+
+/// Parses `vm:NAME[:N]`, `host` or an address.
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, CliError> {
+    if s == "host" {
+        return Ok(Endpoint::Host);
+    }
+    if let Some(rest) = s.strip_prefix("vm:") {
+        let (name, vnic) = match rest.rsplit_once(':') {
+            Some((n, i)) if i.parse::<usize>().is_ok() => (n, i.parse().ok()),
+            _ => (rest, None),
+        };
+        if name.is_empty() {
+            return Err(CliError::input(format!(
+                "endpoint {s:?}: missing VM name after vm:"
+            )));
+        }
+        return Ok(Endpoint::Vm {
+            name: name.to_string(),
+            vnic,
+        });
+    }
+    s.parse::<IpAddr>().map(Endpoint::Addr).map_err(|_| {
+        CliError::input(format!(
+            "endpoint {s:?}: expected vm:NAME, host or an IP address"
+        ))
+    })
+}
+
+pub fn run(a: TraceArgs, color: bool) -> Result<i32, CliError> {
+    let from = parse_endpoint(&a.from)?;
+    let to = parse_endpoint(&a.to)?;
+    let state = crate::source::load(a.netns.as_deref(), a.from_snapshot.as_deref())?;
+    let tracer = Tracer::new(&state);
+    let spec = FlowSpec {
+        from,
+        to,
+        proto: match a.proto {
+            Proto::Icmp => 1,
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        },
+        dport: a.dport,
+        sport: a.sport,
+        size: a.size,
+        df: !a.no_df,
+    };
+    let trace = tracer
+        .trace(&spec)
+        .map_err(|e| CliError::input(e.to_string()))?;
+    let text = if a.json {
+        crate::output::json(&trace)?
+    } else {
+        crate::render::trace::render_trace(&trace, color)
+    };
+    crate::output::print(&text)?;
+    Ok(match trace.verdict {
+        Verdict::Delivered { .. } => 0,
+        _ => 3,
+    })
+}

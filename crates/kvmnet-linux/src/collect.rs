@@ -186,8 +186,8 @@ fn guest_view(name: &str) -> Result<(GuestView, Vec<Link>), Error> {
             name: l.name.clone(),
             mac: l.mac,
             mtu: Some(l.mtu),
-            up: l.is_usable(),
-            carrier: l.carrier,
+            up: l.admin_up,
+            carrier: l.carrier.or(Some(l.is_usable())),
             addresses: addrs
                 .iter()
                 .filter(|a| a.ifindex == l.index && a.scope != "link" && a.scope != "host")
@@ -355,6 +355,33 @@ fn namespace_guests(state: &mut HostState, read_guests: bool) {
         HashMap::new()
     };
     for (name, devs) in guests {
+        // a namespace reached over a routed veth (the host side has an address and no bridge)
+        // is a guest only if it uses this host as its gateway; otherwise it is a neighbour
+        // network (an upstream, a peer router) that happens to be a namespace
+        if let Some(Ok((gv, _))) = views.get(&name) {
+            let routed: Vec<&String> = devs
+                .iter()
+                .map(|(d, _)| d)
+                .filter(|d| {
+                    state.link(d).is_some_and(|l| l.master.is_none())
+                        && state.addresses_of(d).any(|a| a.scope == "global")
+                })
+                .collect();
+            if routed.len() == devs.len() {
+                let host_addrs: Vec<IpAddr> = routed
+                    .iter()
+                    .flat_map(|d| state.addresses_of(d).map(|a| a.address))
+                    .collect();
+                let uses_host = gv.routes.as_ref().is_some_and(|rs| {
+                    rs.iter().any(|r| {
+                        r.is_default() && r.first_gateway().is_some_and(|g| host_addrs.contains(&g))
+                    })
+                });
+                if !uses_host {
+                    continue;
+                }
+            }
+        }
         let mut vm = Vm {
             name: name.clone(),
             source: VmSource::Netns,

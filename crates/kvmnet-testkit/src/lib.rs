@@ -10,7 +10,7 @@ mod lab;
 mod netns;
 
 pub use lab::{Guest, Lab, LabSpec};
-pub use netns::{run, Netns};
+pub use netns::{run, Netns, TcpServer};
 
 /// True when running as root. Root-only tests call [`require_root`] instead.
 pub fn is_root() -> bool {

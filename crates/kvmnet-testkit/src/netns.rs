@@ -80,6 +80,15 @@ impl Netns {
             .map(|_| ())
     }
 
+    /// Writes the resolver configuration `ip netns exec` (and kvmnet) use for this namespace:
+    /// /etc/netns/NAME/resolv.conf, removed when the namespace is dropped.
+    pub fn set_resolv(&self, content: &str) -> Result<()> {
+        let dir = format!("/etc/netns/{}", self.name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(format!("{dir}/resolv.conf"), content)?;
+        Ok(())
+    }
+
     /// Loads an nft script inside the namespace.
     pub fn nft(&self, script: &str) -> Result<()> {
         let mut child = Command::new("ip")
@@ -100,8 +109,84 @@ impl Netns {
     }
 }
 
+/// A TCP server a test started inside a namespace; stopped by its PID on drop.
+#[derive(Debug)]
+pub struct TcpServer {
+    child: std::process::Child,
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Netns {
+    /// Starts a TCP server accepting (and closing) connections on `addr:port`; returns when
+    /// it listens.
+    pub fn tcp_server(&self, addr: &str, port: u16) -> Result<TcpServer> {
+        let code = format!(
+            "import socket,sys\ns=socket.socket(socket.AF_INET6 if ':' in '{addr}' else socket.AF_INET)\n\
+             s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{addr}',{port}))\ns.listen(64)\n\
+             print('ready',flush=True)\nwhile True:\n c,_=s.accept()\n c.close()\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "/usr/bin/python3", "-c", &code])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("cannot start python3")?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            use std::io::BufRead;
+            std::io::BufReader::new(out).read_line(&mut line)?;
+        }
+        let server = TcpServer { child };
+        if line.trim() != "ready" {
+            bail!("tcp server on {addr}:{port} did not start");
+        }
+        Ok(server)
+    }
+
+    /// True when an ICMP echo to `dst` of `size` total bytes (DF set) gets a reply.
+    pub fn ping(&self, dst: &str, size: Option<u32>) -> bool {
+        let mut args: Vec<String> = vec![
+            "ping".into(),
+            "-c1".into(),
+            "-W".into(),
+            "0.6".into(),
+            "-n".into(),
+            "-q".into(),
+        ];
+        if let Some(sz) = size {
+            args.extend([
+                "-M".into(),
+                "do".into(),
+                "-s".into(),
+                sz.saturating_sub(28).to_string(),
+            ]);
+        }
+        args.push(dst.to_string());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.exec(&refs).is_ok()
+    }
+
+    /// True when a TCP connection to `dst:port` is established within a second.
+    pub fn tcp_connects(&self, dst: &str, port: u16) -> bool {
+        self.exec(&[
+            "timeout",
+            "1",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{dst}/{port}"),
+        ])
+        .is_ok()
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
         // Processes still inside would keep the namespace alive; tests stop theirs by PID first.
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])

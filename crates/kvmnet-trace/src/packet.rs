@@ -121,6 +121,8 @@ impl Packet {
         r.tcp_flags = if self.proto == TCP { 0x12 } else { 0 };
         if self.proto == ICMP {
             r.icmp_type = 0;
+            // Linux sends echo replies without DF: routers on the way fragment them
+            r.df = false;
         } else if self.proto == ICMPV6 {
             r.icmp_type = 129;
         }

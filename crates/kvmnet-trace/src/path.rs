@@ -1279,6 +1279,19 @@ impl Walk<'_, '_> {
     fn send_to_port(&mut self, br: &str, port: &str, pkt: Packet, o: Owner) -> Step<Arrived> {
         let s = self.t.state;
         let stage = format!("{port} (to vm:{})", s.vms[o.vm].name);
+        // a veth loses its carrier when the guest's end is down: that is where the fault is
+        let vm = &s.vms[o.vm];
+        let vnic = &vm.vnics[o.vnic];
+        if let (Some(g), Some(gi)) = (&vm.guest, &vnic.guest_ifname) {
+            if g.interfaces.iter().any(|i| &i.name == gi && !i.up) {
+                return Err(self.drop(
+                    &format!("vm:{}", vm.name),
+                    "guest-link-down",
+                    format!("the guest's {gi} is down"),
+                    vec![],
+                ));
+            }
+        }
         let link = self.link_ok(port, &stage, "link-down")?.clone();
         if link.master.as_deref() != Some(br) {
             return Err(self.drop(
@@ -1679,6 +1692,41 @@ impl Walk<'_, '_> {
                 let (l, p, _) = self.deliver_guest(o, pkt, &stage)?;
                 return Ok((l, p, notes));
             }
+        }
+        // the destination is a guest of this host, but the route leads elsewhere
+        if let Some(o) = self.t.owners.get(&pkt.dst).cloned() {
+            let v = &s.vms[o.vm];
+            let home = v.vnics[o.vnic]
+                .host_dev
+                .as_deref()
+                .and_then(|d| s.link(d))
+                .map(|l| l.master.clone().unwrap_or_else(|| l.name.clone()));
+            return Err(self.drop(
+                &stage,
+                "misrouted",
+                format!(
+                    "{} is vm:{}'s address{}, but the host routes it out of {dev}",
+                    pkt.dst,
+                    v.name,
+                    home.map(|h| format!(" (on {h})")).unwrap_or_default()
+                ),
+                vec![],
+            ));
+        }
+        // a neighbour entry the kernel already gave up on
+        if let Some(n) = s.neighbours.iter().find(|n| {
+            n.ifname == dev && n.address == nh && n.state == kvmnet_model::ip::NeighState::Failed
+        }) {
+            return Err(self.drop(
+                &stage,
+                "arp-failed",
+                format!(
+                    "{nh} does not answer ARP on {dev} (neighbour entry {:?})",
+                    n.state
+                )
+                .to_lowercase(),
+                vec![],
+            ));
         }
         self.hop(
             &stage,

@@ -54,6 +54,36 @@ kvmnet trace --from vm:web1 --to 203.0.113.1 --size 1500                    (pat
 kvmnet trace --from-snapshot host.json --from vm:web1 --to 203.0.113.1 --json"
     )]
     Trace(TraceArgs),
+    /// Find why a VM has no network: walk host, virtual network and guest layers, name the
+    /// broken hop with its evidence and the fix.
+    #[command(
+        after_help = "Exit codes: 0 no error finding, 3 at least one root-cause error, 1 runtime failure, 2 bad input.\n\n\
+Examples:\n  kvmnet doctor                          every VM on this host\n  kvmnet doctor web1 db1                 just these VMs\n  \
+kvmnet doctor --target 203.0.113.1      test reachability of this outside address\n  kvmnet doctor --netns hv1 --json\n  \
+kvmnet doctor --from host.json          diagnose a snapshot (a support ticket)"
+    )]
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// VMs to examine (default: all).
+    pub vms: Vec<String>,
+    /// Examine every VM (the default when no VM is named).
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The outside address to test reachability against (default: the host's default gateway;
+    /// kvmnet never tests an outside address you did not name).
+    #[arg(long, value_name = "IP")]
+    pub target: Option<std::net::IpAddr>,
+    /// Also test a TCP connection to this port on the target.
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+    /// JSON output: {findings, verdicts}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! Command dispatch.
 
+mod doctor;
 mod show;
 mod snapshot;
 mod trace;
@@ -14,5 +15,6 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Show(a) => show::run(a, color),
         Command::Snapshot(a) => snapshot::run(a),
         Command::Trace(a) => trace::run(a, color),
+        Command::Doctor(a) => doctor::run(a, color),
     }
 }

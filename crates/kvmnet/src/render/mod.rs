@@ -1,5 +1,6 @@
 //! Human output: tables and text for each command. Pure functions of the model.
 
+pub mod doctor;
 pub mod show;
 pub mod table;
 pub mod trace;

@@ -1,0 +1,225 @@
+//! Guest-layer checks, from the guest's own view (its namespace, or the guest agent): address,
+//! subnet, default route and gateway, MTU.
+
+use std::net::IpAddr;
+
+use kvmnet_model::ip::RT_TABLE_MAIN;
+use kvmnet_model::LinkKind;
+
+use crate::finding::{Finding, Layer, Severity};
+use crate::virt::expected_bridge;
+use crate::Ctx;
+
+pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>) {
+    let s = cx.s;
+    for vm in cx.vms() {
+        let Some(g) = &vm.guest else {
+            skipped.push(format!(
+                "{}: guest layer skipped: no view into the guest (no network namespace, no guest agent)",
+                vm.name
+            ));
+            continue;
+        };
+        for n in &vm.vnics {
+            let Some(gi) = n.guest_ifname.as_deref() else {
+                continue;
+            };
+            let Some(iface) = g.interfaces.iter().find(|i| i.name == gi) else {
+                continue;
+            };
+            let subj = vec![vm.name.clone(), gi.to_string()];
+            let dhcp_down = false;
+            if !iface.up {
+                out.push(
+                    Finding::new(
+                        "guest-link-down",
+                        Severity::Error,
+                        Layer::Guest,
+                        format!("{}: the guest's {gi} is down", vm.name),
+                    )
+                    .subject(subj.clone())
+                    .evidence([format!("guest {gi}: down")])
+                    .impact("the guest sends nothing")
+                    .commands([format!("in the guest: ip link set {gi} up")])
+                    .affects([vm.name.clone()]),
+                );
+                continue;
+            }
+            let v4: Vec<_> = iface
+                .addresses
+                .iter()
+                .filter(|a| a.addr().is_ipv4())
+                .collect();
+            if v4.is_empty() {
+                let _ = dhcp_down;
+                out.push(
+                    Finding::new(
+                        "guest-no-address",
+                        Severity::Error,
+                        Layer::Guest,
+                        format!("{}: the guest's {gi} has no IPv4 address", vm.name),
+                    )
+                    .subject(subj.clone())
+                    .evidence([format!("guest {gi}: no inet address")])
+                    .impact("the guest cannot talk IP")
+                    .commands([format!(
+                        "in the guest: dhclient {gi} (or configure a static address)"
+                    )])
+                    .affects([vm.name.clone()]),
+                );
+                continue;
+            }
+            // the subnet of the segment it is on
+            let bridge = n
+                .host_dev
+                .as_deref()
+                .and_then(|d| s.link(d))
+                .and_then(|l| l.master.clone())
+                .filter(|m| s.link(m).is_some_and(|l| l.kind == LinkKind::Bridge))
+                .or_else(|| expected_bridge(cx, vm, n).map(|(b, _)| b));
+            let seg_nets: Vec<ipnet::IpNet> = bridge
+                .as_deref()
+                .map(|b| {
+                    s.addresses_of(b)
+                        .filter(|a| a.scope == "global" && a.address.is_ipv4())
+                        .map(|a| a.network())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !seg_nets.is_empty()
+                && !v4
+                    .iter()
+                    .any(|a| seg_nets.iter().any(|net| net.contains(&a.addr())))
+            {
+                out.push(
+                    Finding::new(
+                        "guest-wrong-subnet",
+                        Severity::Error,
+                        Layer::Guest,
+                        format!("{}: the guest's address {} is not on {}'s subnet", vm.name, v4[0], bridge.clone().unwrap_or_default()),
+                    )
+                    .subject(subj.clone())
+                    .evidence([
+                        format!("guest {gi}: {}", v4.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")),
+                        format!("{}: {}", bridge.clone().unwrap_or_default(), seg_nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")),
+                    ])
+                    .impact("the guest cannot reach its gateway; the host does not answer for a foreign subnet")
+                    .commands([format!("in the guest: ip addr flush dev {gi}; ip addr add ADDRESS/{} dev {gi}   (an address in {})", seg_nets[0].prefix_len(), seg_nets[0])])
+                    .affects([vm.name.clone()]),
+                );
+                continue;
+            }
+            // default route and gateway
+            let Some(routes) = &g.routes else { continue };
+            let main: Vec<_> = routes
+                .iter()
+                .filter(|r| r.table == RT_TABLE_MAIN)
+                .cloned()
+                .collect();
+            let default = main
+                .iter()
+                .filter(|r| r.is_default() && r.dst.addr().is_ipv4())
+                .min_by_key(|r| r.metric.unwrap_or(0));
+            let host_gw: Option<IpAddr> = bridge.as_deref().and_then(|b| {
+                s.addresses_of(b)
+                    .find(|a| {
+                        a.address.is_ipv4()
+                            && a.scope == "global"
+                            && v4.iter().any(|x| a.network().contains(&x.addr()))
+                    })
+                    .map(|a| a.address)
+            });
+            match default {
+                None => {
+                    let target_outside =
+                        cx.target.is_none_or(|t| !v4.iter().any(|a| a.contains(&t)));
+                    if target_outside {
+                        out.push(
+                            Finding::new(
+                                "guest-no-default-route",
+                                Severity::Error,
+                                Layer::Guest,
+                                format!("{}: the guest has no default route", vm.name),
+                            )
+                            .subject(subj.clone())
+                            .evidence([format!(
+                                "guest routes: {}",
+                                main.iter()
+                                    .map(|r| r.dst.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )])
+                            .impact("the guest reaches its own subnet only")
+                            .commands([format!(
+                                "in the guest: ip route add default via {}",
+                                host_gw
+                                    .map(|g| g.to_string())
+                                    .unwrap_or_else(|| "GATEWAY".into())
+                            )])
+                            .affects([vm.name.clone()]),
+                        );
+                    }
+                }
+                Some(r) => {
+                    if let Some(gw) = r.first_gateway() {
+                        let on_link = v4.iter().any(|a| a.trunc().contains(&gw));
+                        let host_owns = bridge
+                            .as_deref()
+                            .is_some_and(|b| s.addresses_of(b).any(|a| a.address == gw));
+                        let someone = host_owns
+                            || s.vms.iter().any(|o| {
+                                o.name != vm.name
+                                    && o.vnics.iter().any(|on| {
+                                        on.host_dev
+                                            .as_deref()
+                                            .and_then(|d| s.link(d))
+                                            .and_then(|l| l.master.clone())
+                                            == bridge
+                                            && crate::virt::guest_addrs(o, on)
+                                                .iter()
+                                                .any(|a| a.addr() == gw)
+                                    })
+                            });
+                        if !on_link || !someone {
+                            out.push(
+                                Finding::new("guest-wrong-gateway", Severity::Error, Layer::Guest, format!("{}: the guest's gateway {gw} does not exist on its segment", vm.name))
+                                    .subject(subj.clone())
+                                    .evidence([
+                                        format!("guest: default via {gw}"),
+                                        match host_gw {
+                                            Some(h) => format!("the host's address on {} is {h}", bridge.clone().unwrap_or_default()),
+                                            None => "no host address on the guest's segment".to_string(),
+                                        },
+                                        if on_link { format!("nothing on the segment owns {gw} (ARP fails)") } else { format!("{gw} is not on the guest's subnet") },
+                                    ])
+                                    .impact("everything beyond the guest's subnet is unreachable (its neighbour entry for the gateway is FAILED)")
+                                    .commands([format!("in the guest: ip route replace default via {}", host_gw.map(|g| g.to_string()).unwrap_or_else(|| "GATEWAY".into()))])
+                                    .affects([vm.name.clone()]),
+                            );
+                        }
+                    }
+                }
+            }
+            // the guest's MTU against its host side, when the host side is consistent
+            if let (Some(gm), Some(dev)) =
+                (iface.mtu, n.host_dev.as_deref().and_then(|d| s.link(d)))
+            {
+                let ports_consistent = dev
+                    .master
+                    .as_deref()
+                    .map(|m| s.ports_of(m).all(|p| p.mtu == dev.mtu))
+                    .unwrap_or(true);
+                if gm > dev.mtu && ports_consistent {
+                    out.push(
+                        Finding::new("guest-mtu-too-large", Severity::Error, Layer::Guest, format!("{}: the guest's MTU {gm} is larger than its host side {} ({})", vm.name, dev.name, dev.mtu))
+                            .subject(subj.clone())
+                            .evidence([format!("guest {gi}: mtu {gm}"), format!("{}: mtu {}", dev.name, dev.mtu)])
+                            .impact(format!("frames larger than {} bytes are dropped without an ICMP error: large transfers stall", dev.mtu))
+                            .commands([format!("in the guest: ip link set {gi} mtu {}", dev.mtu)])
+                            .affects([vm.name.clone()]),
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,822 @@
+//! Path checks: each VM's packets traced to its gateway, to the target and to a peer on its
+//! bridge; a drop becomes a finding naming the hop and the rule; the first failing hop is the
+//! VM's root cause, and findings that only follow from it are marked `caused_by`.
+
+use std::net::IpAddr;
+
+use kvmnet_model::plan::PlanStep;
+use kvmnet_model::{LinkKind, Vm};
+use kvmnet_trace::{Endpoint, FlowSpec, Trace, Verdict};
+
+use crate::finding::{Finding, Layer, Severity};
+use crate::virt::guest_addrs;
+use crate::{Ctx, VmVerdict};
+
+/// A VM's traces and the root cause they point at.
+pub(crate) struct Pending {
+    vm: String,
+    /// (what was tested, reached?)
+    results: Vec<(String, bool)>,
+    root: Option<(String, Vec<String>)>,
+}
+
+fn flow(vm: &str, to: IpAddr, proto: u8, dport: u16) -> FlowSpec {
+    FlowSpec {
+        from: Endpoint::Vm {
+            name: vm.to_string(),
+            vnic: None,
+        },
+        to: Endpoint::Addr(to),
+        proto,
+        dport,
+        sport: None,
+        size: None,
+        df: true,
+    }
+}
+
+/// The gateway a VM uses: its own default route's, else the host's address on its bridge.
+fn gateway_of(cx: &Ctx, vm: &Vm) -> Option<IpAddr> {
+    if let Some(r) = vm
+        .guest
+        .as_ref()
+        .and_then(|g| g.routes.as_ref())
+        .and_then(|rs| rs.iter().find(|r| r.is_default() && r.dst.addr().is_ipv4()))
+    {
+        return r.first_gateway();
+    }
+    let s = cx.s;
+    for n in &vm.vnics {
+        let br = n
+            .host_dev
+            .as_deref()
+            .and_then(|d| s.link(d))
+            .and_then(|l| l.master.clone())
+            .or_else(|| n.source_bridge.clone());
+        let addrs = guest_addrs(vm, n);
+        if let Some(b) = br {
+            if let Some(a) = s.addresses_of(&b).find(|a| {
+                a.address.is_ipv4()
+                    && (addrs.is_empty() || addrs.iter().any(|g| a.network().contains(&g.addr())))
+            }) {
+                return Some(a.address);
+            }
+        }
+    }
+    None
+}
+
+/// A peer guest on the same bridge, for the bridged path.
+fn peer_of(cx: &Ctx, vm: &Vm) -> Option<IpAddr> {
+    let s = cx.s;
+    let my_br: Vec<String> = vm
+        .vnics
+        .iter()
+        .filter_map(|n| {
+            n.host_dev
+                .as_deref()
+                .and_then(|d| s.link(d))
+                .and_then(|l| l.master.clone())
+        })
+        .collect();
+    let my_nets: Vec<ipnet::IpNet> = vm
+        .vnics
+        .iter()
+        .flat_map(|n| guest_addrs(vm, n))
+        .map(|a| a.trunc())
+        .collect();
+    s.vms.iter().filter(|o| o.name != vm.name).find_map(|o| {
+        o.vnics.iter().find_map(|n| {
+            let br = n
+                .host_dev
+                .as_deref()
+                .and_then(|d| s.link(d))
+                .and_then(|l| l.master.clone())?;
+            if !my_br.contains(&br) {
+                return None;
+            }
+            guest_addrs(o, n)
+                .into_iter()
+                .find(|a| a.addr().is_ipv4() && my_nets.iter().any(|m| m.contains(&a.addr())))
+                .map(|a| a.addr())
+        })
+    })
+}
+
+pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>) -> Vec<Pending> {
+    let mut pend = vec![];
+    for vm in cx.vms() {
+        let mut p = Pending {
+            vm: vm.name.clone(),
+            results: vec![],
+            root: None,
+        };
+        let has_addr = vm.vnics.iter().any(|n| !guest_addrs(vm, n).is_empty());
+        if vm.vnics.is_empty() || !has_addr {
+            pend.push(p);
+            continue;
+        }
+        let gw = gateway_of(cx, vm);
+        let mut tests: Vec<(String, FlowSpec)> = vec![];
+        if let Some(g) = gw {
+            tests.push((format!("gateway {g}"), flow(&vm.name, g, 1, 0)));
+        }
+        if let Some(t) = cx.target.filter(|t| Some(*t) != gw) {
+            tests.push((t.to_string(), flow(&vm.name, t, 1, 0)));
+        }
+        if let (Some(t), Some(port)) = (cx.target, cx.opts.port) {
+            tests.push((format!("{t} tcp/{port}"), flow(&vm.name, t, 6, port)));
+        }
+        if let Some(peer) = peer_of(cx, vm) {
+            tests.push((format!("peer {peer}"), flow(&vm.name, peer, 1, 0)));
+        }
+        // the guest's resolvers (a loopback resolver lives inside the guest: not a path)
+        if let Some(ns) = vm.guest.as_ref().and_then(|g| g.nameservers.as_ref()) {
+            for n in ns
+                .iter()
+                .filter(|n| !n.is_loopback() && n.is_ipv4())
+                .take(2)
+            {
+                tests.push((format!("dns {n}"), flow(&vm.name, *n, 17, 53)));
+            }
+        }
+        for (what, spec) in tests {
+            let Ok(trace) = cx.tracer.trace(&spec) else {
+                continue;
+            };
+            let ok = matches!(trace.verdict, Verdict::Delivered { .. });
+            p.results.push((what.clone(), ok));
+            if ok {
+                continue;
+            }
+            let found = finding_from_trace(cx, vm, &what, &trace, gw);
+            // a resolver that cannot be reached: the path's fault is the cause when it is a
+            // known one, else the resolver itself is the finding
+            let found = match found {
+                Some(f) if what.starts_with("dns ") => {
+                    let known = out
+                        .iter()
+                        .any(|e| e.code == f.code && e.affects.contains(&vm.name))
+                        || p.root.is_some();
+                    let mut d = Finding::new("dns-unreachable", Severity::Error, Layer::Guest, format!("{}: the guest's resolver {} is unreachable", vm.name, &what[4..]))
+                        .subject([vm.name.clone(), what[4..].to_string()])
+                        .evidence(f.evidence.clone())
+                        .impact("the guest cannot resolve names")
+                        .commands(["in the guest: point /etc/resolv.conf at a reachable resolver (the host's address on its bridge runs one for libvirt networks)"])
+                        .affects([vm.name.clone()]);
+                    if known {
+                        d.caused_by = Some(f.code.clone());
+                    }
+                    Some(d)
+                }
+                other => other,
+            };
+            if let Some(f) = found {
+                // the same fault found by a structural check: that finding is the cause
+                let existing = out.iter_mut().find(|e| {
+                    e.code == f.code
+                        && (e.affects.contains(&vm.name)
+                            || e.subject.iter().any(|s| f.subject.contains(s)))
+                });
+                let key = match existing {
+                    Some(e) => {
+                        *e = e.clone().affects([vm.name.clone()]);
+                        for ev in &f.evidence {
+                            if !e.evidence.contains(ev) {
+                                e.evidence.push(ev.clone());
+                            }
+                        }
+                        (e.code.clone(), e.subject.clone())
+                    }
+                    None => {
+                        let k = (f.code.clone(), f.subject.clone());
+                        out.push(f);
+                        k
+                    }
+                };
+                if p.root.is_none() {
+                    p.root = Some(key);
+                }
+            }
+        }
+        pend.push(p);
+    }
+    pend
+}
+
+/// The finding a failed trace points at.
+fn finding_from_trace(
+    cx: &Ctx,
+    vm: &Vm,
+    what: &str,
+    t: &Trace,
+    gw: Option<IpAddr>,
+) -> Option<Finding> {
+    let s = cx.s;
+    let (at, cause, reason, rule) = match &t.verdict {
+        Verdict::Dropped {
+            at,
+            cause,
+            reason,
+            rule,
+            ..
+        } => (at.clone(), cause.clone(), reason.clone(), rule.clone()),
+        Verdict::Unknown { at, what: w, rule } => {
+            return Some(
+                Finding::new(
+                    "path-unknown",
+                    Severity::Warning,
+                    Layer::Virtual,
+                    format!(
+                        "{}: kvmnet cannot tell whether traffic to {what} passes",
+                        vm.name
+                    ),
+                )
+                .subject([vm.name.clone()])
+                .evidence(
+                    [format!("at {at}: {w}")]
+                        .into_iter()
+                        .chain(rule.as_ref().map(|r| {
+                            format!(
+                                "{} {} {}: {}",
+                                r.rule.family, r.rule.table, r.rule.chain, r.text
+                            )
+                        })),
+                )
+                .impact("the verdict for this path depends on something kvmnet cannot evaluate")
+                .affects([vm.name.clone()]),
+            )
+        }
+        Verdict::Delivered { .. } => return None,
+    };
+    let trail = format!("trace {} -> {what}: dropped at {at}: {reason}", vm.name);
+    let stage_dev = |prefix: &str| -> Option<String> {
+        let a = at.trim_start_matches("reply: ");
+        a.strip_prefix(prefix)
+            .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
+    };
+    let rule_subject = |r: &kvmnet_trace::RuleEvidence| {
+        format!(
+            "{} {} {}{}",
+            r.rule.family,
+            r.rule.table,
+            r.rule.chain,
+            r.rule
+                .handle
+                .map(|h| format!(" handle {h}"))
+                .unwrap_or_else(|| " policy".into())
+        )
+    };
+    // the VM a guest-side drop happened in (the destination of a peer trace, or the source)
+    let at_vm: String = at
+        .trim_start_matches("reply: ")
+        .strip_prefix("vm:")
+        .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
+        .filter(|n| s.vm(n).is_some())
+        .unwrap_or_else(|| vm.name.clone());
+    let f = match cause.as_str() {
+        "no-snat" => {
+            let (subnet, bridge) = vm_subnet(cx, vm);
+            let uplink = cx.uplink.clone().unwrap_or_default();
+            let net = bridge
+                .as_deref()
+                .and_then(|b| s.network_on_bridge(b))
+                .map(|n| n.name.clone());
+            let mut f = Finding::new(
+                "nat-masquerade-missing",
+                Severity::Error,
+                Layer::Virtual,
+                format!("{} leaves {uplink} without NAT: replies cannot come back", subnet.map(|n| n.to_string()).unwrap_or_else(|| vm.name.clone())),
+            )
+            .subject(net.iter().cloned().chain(bridge.iter().cloned()).chain([uplink.clone()]))
+            .evidence([trail, "no masquerade or snat rule in postrouting matches this traffic".to_string()])
+            .impact("guests on this network reach nothing beyond the host (the upstream sees private source addresses it cannot route back)")
+            .affects([vm.name.clone()]);
+            if let Some(sn) = subnet {
+                f = f
+                    .commands([
+                        cx.cmd("nft add table inet kvmnet"),
+                        cx.cmd("nft add chain inet kvmnet postrouting '{ type nat hook postrouting priority srcnat; }'"),
+                        cx.cmd(&format!("nft add rule inet kvmnet postrouting ip saddr {sn} oifname \"{uplink}\" masquerade")),
+                        "then flush stale conntrack entries: conntrack -D -s SUBNET (flows set up without NAT keep their mapping)".to_string(),
+                    ])
+                    .steps([PlanStep::AddMasquerade { subnet: sn, oifname: uplink }]);
+            }
+            f
+        }
+        "nft-rule" | "nft-policy" | "bridge-filter" => {
+            let r = rule.as_ref()?;
+            let to_gateway = what.starts_with("gateway");
+            let code = if at.contains("input")
+                || at.contains("output")
+                || (to_gateway && !at.contains("forward"))
+            {
+                "gateway-unreachable"
+            } else {
+                "forward-blocked"
+            };
+            Finding::new(
+                code,
+                Severity::Error,
+                if code == "forward-blocked" {
+                    Layer::Virtual
+                } else {
+                    Layer::Guest
+                },
+                format!(
+                    "{}: traffic to {what} is {} by {} {} {}",
+                    vm.name,
+                    if reason.starts_with("rejected") {
+                        "rejected"
+                    } else {
+                        "dropped"
+                    },
+                    r.rule.family,
+                    r.rule.table,
+                    r.rule.chain
+                ),
+            )
+            .subject([rule_subject(r)])
+            .evidence([
+                trail,
+                format!(
+                    "rule: {}{}",
+                    r.text,
+                    r.rule
+                        .handle
+                        .map(|h| format!(" (handle {h})"))
+                        .unwrap_or_default()
+                ),
+            ])
+            .impact(format!("{}'s traffic to {what} never passes", vm.name))
+            .commands(match r.rule.handle {
+                Some(h) => vec![
+                    format!(
+                        "inspect: {}",
+                        cx.cmd(&format!(
+                            "nft -a list chain {} {} {}",
+                            r.rule.family, r.rule.table, r.rule.chain
+                        ))
+                    ),
+                    format!(
+                        "if the rule is wrong: {}",
+                        cx.cmd(&format!(
+                            "nft delete rule {} {} {} handle {h}",
+                            r.rule.family, r.rule.table, r.rule.chain
+                        ))
+                    ),
+                ],
+                None => vec![format!(
+                    "accept the VM's traffic in {} {} {} (its policy drops what no rule accepts)",
+                    r.rule.family, r.rule.table, r.rule.chain
+                )],
+            })
+            .affects([vm.name.clone()])
+        }
+        "br-netfilter" => {
+            let r = rule.as_ref()?;
+            let br = vm_subnet(cx, vm).1.unwrap_or_default();
+            Finding::new(
+                "bridge-netfilter-drop",
+                Severity::Error,
+                Layer::Virtual,
+                format!("bridged traffic on {br} is {} by {} {} {} (br_netfilter)", if reason.starts_with("rejected") { "rejected" } else { "dropped" }, r.rule.family, r.rule.table, r.rule.chain),
+            )
+            .subject([br.clone(), rule_subject(r)])
+            .evidence([
+                trail,
+                "net.bridge.bridge-nf-call-iptables = 1: frames switched by the bridge cross the IP forward hook".to_string(),
+                format!("rule: {}", r.text),
+            ])
+            .impact(format!("guests on {br} cannot talk to each other (the classic Docker-beside-libvirt breakage)"))
+            .commands([
+                cx.cmd(&format!("iptables -I FORWARD -i {br} -o {br} -j ACCEPT   # accept bridged traffic in the chain that drops it")),
+                cx.cmd("sysctl -w net.bridge.bridge-nf-call-iptables=0   # only if no one relies on filtering bridged traffic"),
+            ])
+            .affects([vm.name.clone()])
+        }
+        "ip-forward-disabled" => Finding::new(
+            "ip-forward-disabled",
+            Severity::Error,
+            Layer::Host,
+            reason.clone(),
+        )
+        .subject([if reason.contains("conf.") {
+            reason
+                .split_whitespace()
+                .find(|w| w.starts_with("net.ipv4.conf."))
+                .unwrap_or("")
+                .to_string()
+        } else {
+            "net.ipv4.ip_forward".to_string()
+        }])
+        .evidence([trail])
+        .affects([vm.name.clone()]),
+        "rp-filter" => {
+            let iif = reason
+                .split(" on ")
+                .nth(1)
+                .and_then(|x| x.split(':').next())
+                .unwrap_or("")
+                .to_string();
+            Finding::new("rp-filter-drop", Severity::Error, Layer::Host, format!("reverse-path filtering on {iif} drops {}'s traffic", vm.name))
+                .subject([format!("net.ipv4.conf.{iif}.rp_filter")])
+                .evidence([
+                    trail,
+                    format!(
+                        "rp_filter: all = {}, {iif} = {}",
+                        s.sysctls.interfaces.get("all").and_then(|i| i.rp_filter).unwrap_or(0),
+                        s.sysctls.interfaces.get(&iif).and_then(|i| i.rp_filter).unwrap_or(0)
+                    ),
+                ])
+                .impact("packets whose source is routed back through another interface are dropped silently")
+                .commands([
+                    cx.cmd(&format!("sysctl -w net.ipv4.conf.{iif}.rp_filter=2")),
+                    cx.cmd("sysctl -w net.ipv4.conf.all.rp_filter=2"),
+                    "or fix the routes so the return path uses the same interface".to_string(),
+                ])
+                .steps([
+                    PlanStep::SetSysctl { key: format!("net.ipv4.conf.{iif}.rp_filter"), value: "2".into() },
+                    PlanStep::SetSysctl { key: "net.ipv4.conf.all.rp_filter".into(), value: "2".into() },
+                ])
+                .affects([vm.name.clone()])
+        }
+        "link-down" | "bridge-down" => {
+            let dev = stage_dev("egress ")
+                .or_else(|| stage_dev("bridge "))
+                .or_else(|| {
+                    at.trim_start_matches("reply: ")
+                        .split_whitespace()
+                        .next()
+                        .map(String::from)
+                })
+                .unwrap_or_default();
+            let l = s.link(&dev);
+            let is_bridge = l.is_some_and(|l| l.kind == LinkKind::Bridge);
+            let is_uplink = cx.uplink.as_deref() == Some(dev.as_str());
+            let code = if is_bridge {
+                "bridge-down"
+            } else if is_uplink {
+                "uplink-down"
+            } else {
+                "tap-down"
+            };
+            let owner = s.vnic_by_dev(&dev).map(|(v, _)| v.name.clone());
+            let mut f = Finding::new(
+                code,
+                Severity::Error,
+                if code == "uplink-down" {
+                    Layer::Host
+                } else {
+                    Layer::Virtual
+                },
+                reason.clone(),
+            )
+            .evidence([trail])
+            .affects([vm.name.clone()]);
+            f = match (code, owner) {
+                ("tap-down", Some(o)) => f.subject([o.clone(), dev.clone()]).affects([o]),
+                _ => f.subject([dev.clone()]),
+            };
+            f.commands([cx.cmd(&format!("ip link set {dev} up"))])
+                .steps([PlanStep::LinkUp {
+                    ifname: dev.clone(),
+                }])
+        }
+        "port-blocked" => Finding::new(
+            "port-blocked",
+            Severity::Error,
+            Layer::Virtual,
+            reason.clone(),
+        )
+        .evidence([trail])
+        .affects([vm.name.clone()]),
+        "not-in-bridge" => {
+            let dev = reason.split_whitespace().next().unwrap_or("").to_string();
+            let owner = s
+                .vnic_by_dev(&dev)
+                .map(|(v, _)| v.name.clone())
+                .unwrap_or_else(|| vm.name.clone());
+            Finding::new(
+                "tap-not-in-bridge",
+                Severity::Error,
+                Layer::Virtual,
+                reason.clone(),
+            )
+            .subject([owner.clone(), dev])
+            .evidence([trail])
+            .affects([vm.name.clone(), owner])
+        }
+        "mtu" => {
+            let a = at.trim_start_matches("reply: ");
+            if a.starts_with("vm:") {
+                Finding::new(
+                    "guest-mtu-too-large",
+                    Severity::Error,
+                    Layer::Guest,
+                    reason.clone(),
+                )
+                .subject([vm.name.clone()])
+                .evidence([trail])
+                .affects([vm.name.clone()])
+            } else if a.starts_with("egress") {
+                Finding::new("mtu-mismatch", Severity::Warning, Layer::Host, format!("path MTU below the guests' MTU: {reason}"))
+                    .subject([stage_dev("egress ").unwrap_or_default()])
+                    .evidence([trail])
+                    .impact("large packets rely on path MTU discovery (ICMP fragmentation-needed must not be filtered)")
+                    .affects([vm.name.clone()])
+            } else {
+                let dev = a.split_whitespace().next().unwrap_or("").to_string();
+                Finding::new(
+                    "mtu-mismatch",
+                    Severity::Error,
+                    Layer::Virtual,
+                    reason.clone(),
+                )
+                .subject(
+                    s.vnic_by_dev(&dev)
+                        .map(|(v, _)| v.name.clone())
+                        .into_iter()
+                        .chain([dev.clone()]),
+                )
+                .evidence([trail])
+                .affects([vm.name.clone()])
+            }
+        }
+        "arp-failed" => {
+            let nh_is_gw = gw.is_some_and(|g| reason.contains(&g.to_string()));
+            if nh_is_gw && what.starts_with("gateway") {
+                Finding::new(
+                    "guest-wrong-gateway",
+                    Severity::Error,
+                    Layer::Guest,
+                    format!("{}: {reason}", vm.name),
+                )
+                .subject([vm.name.clone()])
+                .evidence([trail])
+                .affects([vm.name.clone()])
+            } else {
+                Finding::new(
+                    "gateway-unreachable",
+                    Severity::Error,
+                    Layer::Guest,
+                    format!("{}: {reason}", vm.name),
+                )
+                .subject([vm.name.clone()])
+                .evidence([trail])
+                .affects([vm.name.clone()])
+            }
+        }
+        "guest-no-route" => Finding::new(
+            "guest-no-default-route",
+            Severity::Error,
+            Layer::Guest,
+            format!("{}: {reason}", vm.name),
+        )
+        .subject([vm.name.clone()])
+        .evidence([trail])
+        .affects([vm.name.clone()]),
+        "guest-no-address" => Finding::new(
+            "guest-no-address",
+            Severity::Error,
+            Layer::Guest,
+            format!("{}: {reason}", vm.name),
+        )
+        .subject([vm.name.clone()])
+        .evidence([trail])
+        .affects([vm.name.clone()]),
+        "guest-link-down" => Finding::new(
+            "guest-link-down",
+            Severity::Error,
+            Layer::Guest,
+            format!("{at_vm}: {reason}"),
+        )
+        .subject([at_vm.clone()])
+        .evidence([trail])
+        .affects([vm.name.clone(), at_vm.clone()]),
+        "vnic-link-down" => Finding::new(
+            "vnic-link-down",
+            Severity::Error,
+            Layer::Virtual,
+            format!("{}: {reason}", vm.name),
+        )
+        .subject([vm.name.clone()])
+        .evidence([trail])
+        .affects([vm.name.clone()]),
+        "no-route" | "route-reject" => Finding::new(
+            "no-default-route",
+            Severity::Error,
+            Layer::Host,
+            reason.clone(),
+        )
+        .subject(["main table"])
+        .evidence([trail])
+        .affects([vm.name.clone()]),
+        "no-listener" => Finding::new("port-closed", Severity::Error, Layer::Guest, reason.clone())
+            .subject([what.to_string()])
+            .evidence([trail])
+            .affects([vm.name.clone()]),
+        _ => Finding::new(
+            "path-dropped",
+            Severity::Error,
+            Layer::Virtual,
+            format!("{}: {reason}", vm.name),
+        )
+        .subject([vm.name.clone()])
+        .evidence([trail])
+        .affects([vm.name.clone()]),
+    };
+    Some(f)
+}
+
+/// The VM's subnet on its bridge (the bridge address's network that holds the guest).
+fn vm_subnet(cx: &Ctx, vm: &Vm) -> (Option<ipnet::IpNet>, Option<String>) {
+    let s = cx.s;
+    for n in &vm.vnics {
+        let br = n
+            .host_dev
+            .as_deref()
+            .and_then(|d| s.link(d))
+            .and_then(|l| l.master.clone())
+            .or_else(|| n.source_bridge.clone());
+        let addrs = guest_addrs(vm, n);
+        if let Some(b) = &br {
+            let net = s
+                .addresses_of(b)
+                .find(|a| {
+                    a.address.is_ipv4() && addrs.iter().any(|g| a.network().contains(&g.addr()))
+                })
+                .map(|a| a.network());
+            if let Some(net) = net {
+                return (Some(net), br);
+            }
+        }
+        if let Some(a) = addrs.iter().find(|a| a.addr().is_ipv4()) {
+            return (Some(a.trunc()), br);
+        }
+    }
+    (None, None)
+}
+
+/// Symptoms get `caused_by` their root cause.
+pub(crate) fn assign_causes(cx: &Ctx, mut findings: Vec<Finding>) -> Vec<Finding> {
+    let s = cx.s;
+    // guest-no-address because the network's DHCP server is not running
+    let dhcp_down: Vec<(Vec<String>, Vec<String>)> = findings
+        .iter()
+        .filter(|f| f.code == "dhcp-not-running")
+        .map(|f| (f.subject.clone(), f.affects.clone()))
+        .collect();
+    let roots: Vec<(String, Vec<String>)> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error && f.caused_by.is_none() && !is_symptom(&f.code))
+        .map(|f| (f.code.clone(), f.affects.clone()))
+        .collect();
+    let guest_roots: Vec<(String, Vec<String>)> = findings
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.code.as_str(),
+                "guest-wrong-subnet"
+                    | "guest-no-address"
+                    | "guest-link-down"
+                    | "tap-not-in-bridge"
+                    | "tap-down"
+                    | "bridge-down"
+                    | "vnic-link-down"
+            )
+        })
+        .map(|f| (f.code.clone(), f.affects.clone()))
+        .collect();
+    for f in findings.iter_mut() {
+        if f.caused_by.is_some() {
+            continue;
+        }
+        if matches!(
+            f.code.as_str(),
+            "guest-no-default-route" | "guest-wrong-gateway" | "gateway-unreachable"
+        ) {
+            if let Some((code, _)) = guest_roots.iter().find(|(c, aff)| {
+                *c != f.code && !f.affects.is_empty() && f.affects.iter().all(|v| aff.contains(v))
+            }) {
+                f.caused_by = Some(code.clone());
+                continue;
+            }
+        }
+        if f.code == "guest-no-address" {
+            if let Some((_, _)) = dhcp_down
+                .iter()
+                .find(|(_, aff)| f.affects.iter().any(|v| aff.contains(v)))
+            {
+                f.caused_by = Some("dhcp-not-running".into());
+                continue;
+            }
+        }
+        if is_symptom(&f.code) {
+            if let Some((code, _)) = roots
+                .iter()
+                .find(|(c, aff)| *c != f.code && f.affects.iter().all(|v| aff.contains(v)))
+            {
+                f.caused_by = Some(code.clone());
+            }
+        }
+    }
+    let _ = s;
+    findings
+}
+
+/// Codes that are usually consequences of something else on the same path.
+fn is_symptom(code: &str) -> bool {
+    matches!(
+        code,
+        "gateway-unreachable" | "dns-unreachable" | "path-dropped" | "port-closed"
+    )
+}
+
+pub(crate) fn finish_verdicts(
+    cx: &Ctx,
+    pend: Vec<Pending>,
+    findings: &[Finding],
+) -> Vec<VmVerdict> {
+    let target = cx.target;
+    pend.into_iter()
+        .map(|p| {
+            let vm_errors: Vec<&Finding> = findings
+                .iter()
+                .filter(|f| f.is_root_error() && f.affects.contains(&p.vm))
+                .collect();
+            let root = p
+                .root
+                .as_ref()
+                .and_then(|(code, subj)| {
+                    findings
+                        .iter()
+                        .find(|f| &f.code == code && &f.subject == subj)
+                })
+                .map(|f| match &f.caused_by {
+                    Some(c) => findings
+                        .iter()
+                        .find(|x| &x.code == c && x.affects.iter().any(|v| v == &p.vm))
+                        .unwrap_or(f),
+                    None => f,
+                })
+                .or_else(|| vm_errors.first().copied());
+            let failed: Vec<&String> = p
+                .results
+                .iter()
+                .filter(|(_, ok)| !ok)
+                .map(|(w, _)| w)
+                .collect();
+            let reached: Vec<&String> = p
+                .results
+                .iter()
+                .filter(|(_, ok)| *ok)
+                .map(|(w, _)| w)
+                .collect();
+            let summary = if p.results.is_empty() {
+                if vm_errors.is_empty() {
+                    "no address known: paths not traced".to_string()
+                } else {
+                    "not connected".to_string()
+                }
+            } else if failed.is_empty() {
+                format!(
+                    "reaches {}",
+                    reached
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else {
+                format!(
+                    "cannot reach {}",
+                    failed
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            let _ = target;
+            VmVerdict {
+                vm: p.vm.clone(),
+                ok: root.is_none() && failed.is_empty(),
+                summary,
+                cause: root.map(|f| f.code.clone()),
+                cause_subject: root.map(|f| f.subject.clone()).unwrap_or_default(),
+                fix: root.map(|f| {
+                    if !f.fix.steps.is_empty() {
+                        "kvmnet doctor --fix".to_string()
+                    } else {
+                        f.fix
+                            .commands
+                            .first()
+                            .cloned()
+                            .unwrap_or_else(|| "see the finding".to_string())
+                    }
+                }),
+            }
+        })
+        .collect()
+}

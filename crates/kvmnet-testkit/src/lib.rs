@@ -8,6 +8,7 @@
 
 mod lab;
 mod netns;
+pub mod synth;
 
 pub use lab::{Guest, Lab, LabSpec};
 pub use netns::{run, Netns, TcpServer};

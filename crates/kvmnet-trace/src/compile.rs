@@ -260,7 +260,7 @@ pub struct Block {
     pub start: usize,
     pub end: usize,
     pub field: Field,
-    pub by_value: HashMap<Vec<u8>, Vec<usize>>,
+    pub by_value: crate::fnv::FnvMap<Vec<u8>, Vec<usize>>,
 }
 
 /// A packet field a rule's first test reads.
@@ -292,7 +292,7 @@ pub struct Compiled {
     pub chains: Vec<Chain>,
     pub sets: Vec<Set>,
     /// Base chains per (family, hook), sorted by priority.
-    pub hooks: HashMap<(NftFamily, String), Vec<usize>>,
+    pub hooks: crate::fnv::FnvMap<NftFamily, crate::fnv::FnvMap<String, Vec<usize>>>,
 }
 
 fn verdict_code(kind: &str, chain: Option<&String>, chains: &HashMap<String, usize>) -> Code {
@@ -394,7 +394,9 @@ pub fn compile(rs: &NftRuleset) -> Compiled {
             for (i, ch) in t.chains.iter().enumerate() {
                 if let Some(h) = &ch.hook {
                     c.hooks
-                        .entry((t.family, h.hook.clone()))
+                        .entry(t.family)
+                        .or_default()
+                        .entry(h.hook.clone())
                         .or_default()
                         .push(chain_base + i);
                 }
@@ -406,7 +408,7 @@ pub fn compile(rs: &NftRuleset) -> Compiled {
         .iter()
         .map(|ch| ch.hook.as_ref().map(|h| h.1).unwrap_or(0))
         .collect();
-    for list in c.hooks.values_mut() {
+    for list in c.hooks.values_mut().flat_map(|m| m.values_mut()) {
         list.sort_by_key(|i| prio[*i]);
     }
     c
@@ -670,7 +672,7 @@ fn index_blocks(rules: &[Rule]) -> Vec<Block> {
             continue;
         };
         let mut j = i;
-        let mut by_value: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+        let mut by_value: crate::fnv::FnvMap<Vec<u8>, Vec<usize>> = Default::default();
         while j < rules.len() {
             match leading_test(&rules[j]) {
                 Some((f, v)) if f == field => {

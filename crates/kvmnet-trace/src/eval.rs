@@ -56,7 +56,7 @@ pub struct HookCtx<'a> {
 }
 
 /// A rule, as evidence.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize)]
 pub struct RuleRef {
     pub family: String,
     pub table: String,
@@ -101,6 +101,16 @@ struct Regs {
     data: [u8; REGS],
 }
 
+impl Load {
+    fn val(v: impl AsRef<[u8]>) -> Load {
+        let v = v.as_ref();
+        let n = v.len().min(64);
+        let mut b = [0u8; 64];
+        b[..n].copy_from_slice(&v[..n]);
+        Load::Value(Buf { b, n })
+    }
+}
+
 impl Regs {
     fn get(&self, at: usize, len: usize) -> &[u8] {
         let end = (at + len).min(REGS);
@@ -129,8 +139,20 @@ fn kind_name(kind: &str) -> &str {
     }
 }
 
+/// A loaded value: up to 64 bytes, kept on the stack.
+struct Buf {
+    b: [u8; 64],
+    n: usize,
+}
+
+impl Buf {
+    fn as_slice(&self) -> &[u8] {
+        &self.b[..self.n]
+    }
+}
+
 enum Load {
-    Value(Vec<u8>),
+    Value(Buf),
     /// The key has no value here (no input device on output...): the rule stops.
     Break,
     Unknown(String),
@@ -138,68 +160,60 @@ enum Load {
 
 struct Frame<'p> {
     pkt: &'p Packet,
-    net: Vec<u8>,
-    transport: Vec<u8>,
-    link: Option<Vec<u8>>,
+    hdr: crate::packet::Headers,
     mark: u32,
 }
 
 fn meta(key: MetaKey, f: &Frame, cx: &HookCtx) -> Load {
     let p = f.pkt;
     let dev_name = |d: Option<&Dev>| match d {
-        Some(d) => Load::Value(ifname_bytes(&d.name).to_vec()),
+        Some(d) => Load::val(ifname_bytes(&d.name)),
         None => Load::Break,
     };
     match key {
-        MetaKey::Len => Load::Value(p.len.to_ne_bytes().to_vec()),
-        MetaKey::Protocol => Load::Value(
-            (if p.is_v6() { 0x86ddu16 } else { 0x0800 })
-                .to_be_bytes()
-                .to_vec(),
-        ),
-        MetaKey::Mark => Load::Value(f.mark.to_ne_bytes().to_vec()),
+        MetaKey::Len => Load::val(p.len.to_ne_bytes()),
+        MetaKey::Protocol => Load::val((if p.is_v6() { 0x86ddu16 } else { 0x0800 }).to_be_bytes()),
+        MetaKey::Mark => Load::val(f.mark.to_ne_bytes()),
         MetaKey::Iif => match cx.iif {
-            Some(d) => Load::Value(d.index.to_ne_bytes().to_vec()),
+            Some(d) => Load::val(d.index.to_ne_bytes()),
             None => Load::Break,
         },
         MetaKey::Oif => match cx.oif {
-            Some(d) => Load::Value(d.index.to_ne_bytes().to_vec()),
+            Some(d) => Load::val(d.index.to_ne_bytes()),
             None => Load::Break,
         },
         MetaKey::IifName => dev_name(cx.iif),
         MetaKey::OifName => dev_name(cx.oif),
         MetaKey::IifType => match cx.iif {
-            Some(d) => Load::Value(d.arptype.to_ne_bytes().to_vec()),
+            Some(d) => Load::val(d.arptype.to_ne_bytes()),
             None => Load::Break,
         },
         MetaKey::OifType => match cx.oif {
-            Some(d) => Load::Value(d.arptype.to_ne_bytes().to_vec()),
+            Some(d) => Load::val(d.arptype.to_ne_bytes()),
             None => Load::Break,
         },
-        MetaKey::NfProto => Load::Value(vec![if p.is_v6() { 10 } else { 2 }]),
-        MetaKey::L4Proto => Load::Value(vec![p.proto]),
+        MetaKey::NfProto => Load::val(vec![if p.is_v6() { 10 } else { 2 }]),
+        MetaKey::L4Proto => Load::val(vec![p.proto]),
         MetaKey::BriIifName => match cx.bri_in {
-            Some(b) => Load::Value(ifname_bytes(b).to_vec()),
+            Some(b) => Load::val(ifname_bytes(b)),
             None => Load::Break,
         },
         MetaKey::BriOifName => match cx.bri_out {
-            Some(b) => Load::Value(ifname_bytes(b).to_vec()),
+            Some(b) => Load::val(ifname_bytes(b)),
             None => Load::Break,
         },
-        MetaKey::PktType => Load::Value(vec![0]),
+        MetaKey::PktType => Load::val(vec![0]),
         MetaKey::IifKind => match cx.iif {
-            Some(d) => Load::Value(ifname_bytes(kind_name(&d.kind)).to_vec()),
+            Some(d) => Load::val(ifname_bytes(kind_name(&d.kind))),
             None => Load::Break,
         },
         MetaKey::OifKind => match cx.oif {
-            Some(d) => Load::Value(ifname_bytes(kind_name(&d.kind)).to_vec()),
+            Some(d) => Load::val(ifname_bytes(kind_name(&d.kind))),
             None => Load::Break,
         },
-        MetaKey::IifGroup | MetaKey::OifGroup | MetaKey::Sdif => {
-            Load::Value(0u32.to_ne_bytes().to_vec())
-        }
-        MetaKey::Secpath => Load::Value(vec![0]),
-        MetaKey::SdifName => Load::Value([0u8; 16].to_vec()),
+        MetaKey::IifGroup | MetaKey::OifGroup | MetaKey::Sdif => Load::val(0u32.to_ne_bytes()),
+        MetaKey::Secpath => Load::val(vec![0]),
+        MetaKey::SdifName => Load::val([0u8; 16]),
         MetaKey::Unknowable(what) => Load::Unknown(what.to_string()),
     }
 }
@@ -214,36 +228,37 @@ fn ip_bytes(a: IpAddr) -> Vec<u8> {
 fn ct(key: CtKey, f: &Frame, cx: &HookCtx) -> Load {
     let p = f.pkt;
     match key {
-        CtKey::State => Load::Value(p.ct.bit().to_ne_bytes().to_vec()),
-        CtKey::Direction => Load::Value(vec![p.ct_dir]),
-        CtKey::Status => Load::Value(p.ct_status.to_ne_bytes().to_vec()),
-        CtKey::Mark => Load::Value(0u32.to_ne_bytes().to_vec()),
-        CtKey::L3Proto => Load::Value(vec![if p.is_v6() { 10 } else { 2 }]),
-        CtKey::Protocol => Load::Value(vec![p.proto]),
-        CtKey::Saddr => Load::Value(ip_bytes(cx.ct_orig.0)),
-        CtKey::Daddr => Load::Value(ip_bytes(cx.ct_orig.1)),
-        CtKey::ProtoSrc => Load::Value(cx.ct_orig.2.to_be_bytes().to_vec()),
-        CtKey::ProtoDst => Load::Value(cx.ct_orig.3.to_be_bytes().to_vec()),
-        CtKey::Zone => Load::Value(0u16.to_ne_bytes().to_vec()),
+        CtKey::State => Load::val(p.ct.bit().to_ne_bytes()),
+        CtKey::Direction => Load::val(vec![p.ct_dir]),
+        CtKey::Status => Load::val(p.ct_status.to_ne_bytes()),
+        CtKey::Mark => Load::val(0u32.to_ne_bytes()),
+        CtKey::L3Proto => Load::val(vec![if p.is_v6() { 10 } else { 2 }]),
+        CtKey::Protocol => Load::val(vec![p.proto]),
+        CtKey::Saddr => Load::val(ip_bytes(cx.ct_orig.0)),
+        CtKey::Daddr => Load::val(ip_bytes(cx.ct_orig.1)),
+        CtKey::ProtoSrc => Load::val(cx.ct_orig.2.to_be_bytes()),
+        CtKey::ProtoDst => Load::val(cx.ct_orig.3.to_be_bytes()),
+        CtKey::Zone => Load::val(0u16.to_ne_bytes()),
         CtKey::Unknowable(w) => Load::Unknown(w.to_string()),
     }
 }
 
 fn payload(base: Base, offset: usize, len: usize, f: &Frame) -> Load {
     let hdr: &[u8] = match base {
-        Base::Network => &f.net,
-        Base::Transport => &f.transport,
-        Base::Ll => match &f.link {
+        Base::Network => &f.hdr.net[..f.hdr.net_len],
+        Base::Transport => &f.hdr.transport[..f.hdr.transport_len],
+        Base::Ll => match &f.hdr.link {
             Some(l) => l,
             None => return Load::Break,
         },
         Base::Other => return Load::Unknown("payload (inner/tunnel header)".into()),
     };
-    let mut v = vec![0u8; len];
-    for (i, b) in v.iter_mut().enumerate() {
-        *b = hdr.get(offset + i).copied().unwrap_or(0);
+    let n = len.min(64);
+    let mut b = [0u8; 64];
+    for (i, x) in b.iter_mut().take(n).enumerate() {
+        *x = hdr.get(offset + i).copied().unwrap_or(0);
     }
-    Load::Value(v)
+    Load::Value(Buf { b, n })
 }
 
 fn port_in(p: u16, r: kvmnet_model::xt::PortRange) -> bool {
@@ -371,17 +386,17 @@ fn run_rule(
                 len,
                 dreg,
             } => match payload(*base, *offset, *len, f) {
-                Load::Value(v) => regs.set(*dreg, &v),
+                Load::Value(v) => regs.set(*dreg, v.as_slice()),
                 Load::Break => return RuleOutcome::Next,
                 Load::Unknown(w) => return unknown(rule, w),
             },
             Op::Meta { key, dreg } => match meta(*key, f, cx) {
-                Load::Value(v) => regs.set(*dreg, &v),
+                Load::Value(v) => regs.set(*dreg, v.as_slice()),
                 Load::Break => return RuleOutcome::Next,
                 Load::Unknown(w) => return unknown(rule, w),
             },
             Op::Ct { key, dreg } => match ct(*key, f, cx) {
-                Load::Value(v) => regs.set(*dreg, &v),
+                Load::Value(v) => regs.set(*dreg, v.as_slice()),
                 Load::Break => return RuleOutcome::Next,
                 Load::Unknown(w) => return unknown(rule, w),
             },
@@ -390,7 +405,7 @@ fn run_rule(
                 f.mark = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
             }
             Op::Cmp { sreg, op, data } => {
-                let d = regs.get(*sreg, data.len()).cmp(data.as_slice());
+                let d = cmp_bytes(regs.get(*sreg, data.len()), data);
                 let ok = match op {
                     CmpOp::Eq => d.is_eq(),
                     CmpOp::Neq => d.is_ne(),
@@ -600,6 +615,17 @@ fn run_rule(
     RuleOutcome::Next
 }
 
+/// memcmp for the few bytes a register comparison covers (a libc call costs more).
+#[inline]
+fn cmp_bytes(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
 fn unknown(rule: &crate::compile::Rule, what: String) -> RuleOutcome {
     if rule.terminal {
         RuleOutcome::Unknown(what)
@@ -610,7 +636,7 @@ fn unknown(rule: &crate::compile::Rule, what: String) -> RuleOutcome {
 }
 
 /// Field value for a block index lookup.
-fn field_value(field: &Field, f: &Frame, cx: &HookCtx) -> Option<Vec<u8>> {
+fn field_value(field: &Field, f: &Frame, cx: &HookCtx) -> Option<Buf> {
     match field {
         Field::Payload(base, off, len) => match payload(*base, *off, *len, f) {
             Load::Value(v) => Some(v),
@@ -643,16 +669,22 @@ pub fn eval_hook(
 ) -> HookResult {
     let mut bases: Vec<usize> = vec![];
     for fam in families {
-        if let Some(list) = c.hooks.get(&(*fam, hook.to_string())) {
+        if let Some(list) = c.hooks.get(fam).and_then(|m| m.get(hook)) {
             bases.extend(list);
         }
+    }
+    if bases.is_empty() {
+        return HookResult {
+            verdict: HookVerdict::Accept,
+            nat: None,
+            accepted_by: vec![],
+            chains: 0,
+        };
     }
     bases.sort_by_key(|i| c.chains[*i].hook.as_ref().map(|h| h.1).unwrap_or(0));
     let mut frame = Frame {
         pkt,
-        net: pkt.network_header(),
-        transport: pkt.transport_header(),
-        link: pkt.link_header(),
+        hdr: pkt.headers(),
         mark: pkt.mark,
     };
     let mut result = HookResult {
@@ -662,9 +694,10 @@ pub fn eval_hook(
         chains: 0,
     };
     for base in bases {
-        let Some((_, _, ctype, policy_drop)) = c.chains[base].hook.clone() else {
+        let Some((_, _, ctype, policy_drop)) = c.chains[base].hook.as_ref() else {
             continue;
         };
+        let policy_drop = *policy_drop;
         if ctype == "nat" && (pkt.ct != crate::packet::CtState::New || result.nat.is_some()) {
             continue;
         }
@@ -745,7 +778,7 @@ fn run_base(
         // skip rules of an indexed block that cannot match this packet
         if let Some(b) = ch.blocks.iter().find(|b| b.start == idx) {
             let candidates = field_value(&b.field, f, cx)
-                .and_then(|v| b.by_value.get(&v))
+                .and_then(|v| b.by_value.get(v.as_slice()))
                 .map(|v| v.as_slice())
                 .unwrap_or(&[]);
             let mut jumped = None;

@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod eval;
+pub mod fnv;
 pub mod packet;
 pub mod path;
 pub mod route;

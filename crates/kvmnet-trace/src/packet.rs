@@ -129,11 +129,39 @@ impl Packet {
         r
     }
 
+    /// The headers, in fixed buffers (no allocation): network, transport, link.
+    pub fn headers(&self) -> Headers {
+        let mut h = Headers {
+            net: [0; 40],
+            net_len: 0,
+            transport: [0; 20],
+            transport_len: 0,
+            link: None,
+        };
+        let n = self.network_header();
+        h.net[..n.len()].copy_from_slice(&n);
+        h.net_len = n.len();
+        let t = self.transport_header();
+        h.transport[..t.len()].copy_from_slice(&t);
+        h.transport_len = t.len();
+        h.link = self.link_header_array();
+        h
+    }
+
+    fn link_header_array(&self) -> Option<[u8; 14]> {
+        let (s, d) = (self.src_mac?, self.dst_mac?);
+        let mut h = [0u8; 14];
+        h[0..6].copy_from_slice(&d.0);
+        h[6..12].copy_from_slice(&s.0);
+        h[12..14].copy_from_slice(&(if self.is_v6() { 0x86ddu16 } else { 0x0800 }).to_be_bytes());
+        Some(h)
+    }
+
     /// The network header bytes.
-    pub fn network_header(&self) -> Vec<u8> {
+    pub fn network_header(&self) -> smallvec_lite::Hdr {
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let mut h = vec![0u8; 20];
+                let mut h = smallvec_lite::Hdr::zeroed(20);
                 h[0] = 0x45;
                 h[2..4].copy_from_slice(&(self.len.min(65535) as u16).to_be_bytes());
                 if self.df {
@@ -146,7 +174,7 @@ impl Packet {
                 h
             }
             (s, d) => {
-                let mut h = vec![0u8; 40];
+                let mut h = smallvec_lite::Hdr::zeroed(40);
                 h[0] = 0x60;
                 let plen = self.len.saturating_sub(40).min(65535) as u16;
                 h[4..6].copy_from_slice(&plen.to_be_bytes());
@@ -164,10 +192,10 @@ impl Packet {
     }
 
     /// The transport header bytes.
-    pub fn transport_header(&self) -> Vec<u8> {
+    pub fn transport_header(&self) -> smallvec_lite::Hdr {
         match self.proto {
             TCP => {
-                let mut h = vec![0u8; 20];
+                let mut h = smallvec_lite::Hdr::zeroed(20);
                 h[0..2].copy_from_slice(&self.sport.to_be_bytes());
                 h[2..4].copy_from_slice(&self.dport.to_be_bytes());
                 h[12] = 0x50;
@@ -176,7 +204,7 @@ impl Packet {
                 h
             }
             UDP => {
-                let mut h = vec![0u8; 8];
+                let mut h = smallvec_lite::Hdr::zeroed(8);
                 h[0..2].copy_from_slice(&self.sport.to_be_bytes());
                 h[2..4].copy_from_slice(&self.dport.to_be_bytes());
                 let l =
@@ -185,7 +213,7 @@ impl Packet {
                 h
             }
             _ => {
-                let mut h = vec![0u8; 8];
+                let mut h = smallvec_lite::Hdr::zeroed(8);
                 h[0] = self.icmp_type;
                 h[1] = self.icmp_code;
                 h
@@ -201,6 +229,49 @@ impl Packet {
         h[6..12].copy_from_slice(&s.0);
         h[12..14].copy_from_slice(&(if self.is_v6() { 0x86ddu16 } else { 0x0800 }).to_be_bytes());
         Some(h)
+    }
+}
+
+/// Packet headers in fixed buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct Headers {
+    pub net: [u8; 40],
+    pub net_len: usize,
+    pub transport: [u8; 20],
+    pub transport_len: usize,
+    pub link: Option<[u8; 14]>,
+}
+
+/// A header of at most 40 bytes on the stack, indexable like a slice.
+pub mod smallvec_lite {
+    /// Header bytes.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Hdr {
+        b: [u8; 40],
+        n: usize,
+    }
+
+    impl Hdr {
+        /// `n` zero bytes.
+        pub fn zeroed(n: usize) -> Hdr {
+            Hdr {
+                b: [0; 40],
+                n: n.min(40),
+            }
+        }
+    }
+
+    impl std::ops::Deref for Hdr {
+        type Target = [u8];
+        fn deref(&self) -> &[u8] {
+            &self.b[..self.n]
+        }
+    }
+
+    impl std::ops::DerefMut for Hdr {
+        fn deref_mut(&mut self) -> &mut [u8] {
+            &mut self.b[..self.n]
+        }
     }
 }
 

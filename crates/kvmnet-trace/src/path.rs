@@ -8,7 +8,6 @@
 // size does not matter.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use kvmnet_model::nft::NftFamily;
@@ -19,6 +18,7 @@ use serde::Serialize;
 
 use crate::compile::{compile, Compiled};
 use crate::eval::{eval_hook, ip_families, Dev, Fib, HookCtx, HookVerdict, Nat, RuleRef};
+use crate::fnv::FnvMap;
 use crate::packet::{Packet, ICMP, ICMPV6, TCP, UDP};
 use crate::route::{route, rp_filter_ok, select_source, RouteResult};
 
@@ -148,8 +148,12 @@ struct Owner {
 pub struct Tracer<'a> {
     pub state: &'a HostState,
     pub compiled: Compiled,
-    devs: HashMap<String, Dev>,
-    owners: HashMap<IpAddr, Owner>,
+    devs: FnvMap<String, Dev>,
+    owners: FnvMap<IpAddr, Owner>,
+    links: FnvMap<&'a str, &'a Link>,
+    vms: FnvMap<&'a str, usize>,
+    /// Rule texts, rendered once on first use: (family, table, chain, handle) -> text.
+    texts: std::sync::Mutex<FnvMap<RuleRef, String>>,
 }
 
 fn arptype(l: &Link) -> u16 {
@@ -192,7 +196,7 @@ impl<'a> Tracer<'a> {
                 )
             })
             .collect();
-        let mut owners = HashMap::new();
+        let mut owners = FnvMap::default();
         for (vi, vm) in state.vms.iter().enumerate() {
             for (ni, n) in vm.vnics.iter().enumerate() {
                 let mut addrs: Vec<IpAddr> = n.addresses.iter().map(|a| a.address).collect();
@@ -211,7 +215,20 @@ impl<'a> Tracer<'a> {
             compiled: compile(&state.nftables),
             devs,
             owners,
+            links: state.links.iter().map(|l| (l.name.as_str(), l)).collect(),
+            vms: state
+                .vms
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.name.as_str(), i))
+                .collect(),
+            texts: std::sync::Mutex::new(FnvMap::default()),
         }
+    }
+
+    /// A link by name (indexed).
+    pub fn link(&self, name: &str) -> Option<&'a Link> {
+        self.links.get(name).copied()
     }
 
     fn dev(&self, name: &str) -> Option<&Dev> {
@@ -219,26 +236,30 @@ impl<'a> Tracer<'a> {
     }
 
     fn evidence(&self, r: &RuleRef) -> RuleEvidence {
+        if let Ok(cache) = self.texts.lock() {
+            if let Some(t) = cache.get(r) {
+                return RuleEvidence {
+                    rule: r.clone(),
+                    text: t.clone(),
+                };
+            }
+        }
+        let table = self
+            .state
+            .nftables
+            .tables
+            .iter()
+            .find(|t| t.family.as_str() == r.family && t.name == r.table);
         let text = match r.handle {
             None => {
-                let policy = self
-                    .state
-                    .nftables
-                    .tables
-                    .iter()
-                    .find(|t| t.family.to_string() == r.family && t.name == r.table)
+                let policy = table
                     .and_then(|t| t.chain(&r.chain))
                     .and_then(|c| c.hook.as_ref())
                     .map(|h| h.policy.clone())
                     .unwrap_or_else(|| "accept".into());
                 format!("policy {policy}")
             }
-            Some(h) => self
-                .state
-                .nftables
-                .tables
-                .iter()
-                .find(|t| t.family.to_string() == r.family && t.name == r.table)
+            Some(h) => table
                 .and_then(|t| {
                     t.chain(&r.chain)
                         .and_then(|c| c.rules.iter().find(|x| x.handle == h))
@@ -246,6 +267,9 @@ impl<'a> Tracer<'a> {
                 })
                 .unwrap_or_default(),
         };
+        if let Ok(mut cache) = self.texts.lock() {
+            cache.insert(r.clone(), text.clone());
+        }
         RuleEvidence {
             rule: r.clone(),
             text,
@@ -270,10 +294,9 @@ impl<'a> Tracer<'a> {
     }
 
     fn find_vm(&self, name: &str) -> Result<usize, TraceError> {
-        self.state
-            .vms
-            .iter()
-            .position(|v| v.name == name)
+        self.vms
+            .get(name)
+            .copied()
             .ok_or_else(|| TraceError::NoSuchVm(name.to_string()))
     }
 
@@ -445,7 +468,7 @@ struct Outcome {
 
 struct Fibber<'a> {
     s: &'a HostState,
-    devs: &'a HashMap<String, Dev>,
+    devs: &'a FnvMap<String, Dev>,
 }
 
 impl Fib for Fibber<'_> {
@@ -827,8 +850,7 @@ impl Walk<'_, '_> {
     }
 
     fn link_ok(&mut self, name: &str, stage: &str, cause: &str) -> Step<&'_ Link> {
-        let s = self.t.state;
-        match s.link(name) {
+        match self.t.link(name) {
             None => Err(self.drop(stage, cause, format!("{name} does not exist"), vec![])),
             Some(l) if !l.admin_up => Err(self.drop(
                 stage,
@@ -915,7 +937,7 @@ impl Walk<'_, '_> {
                 let bridge = vnic
                     .host_dev
                     .as_deref()
-                    .and_then(|d| s.link(d))
+                    .and_then(|d| self.t.link(d))
                     .and_then(|l| l.master.clone())
                     .or(vnic.source_bridge.clone());
                 let on_link = bridge
@@ -989,7 +1011,10 @@ impl Walk<'_, '_> {
         };
         let stage = format!(
             "{dev} ({})",
-            s.link(&dev).map(|l| l.kind.to_string()).unwrap_or_default()
+            self.t
+                .link(&dev)
+                .map(|l| l.kind.to_string())
+                .unwrap_or_default()
         );
         let link = self.link_ok(&dev, &stage, "link-down")?.clone();
         if link.kind == LinkKind::Veth && pkt.len > link.mtu {
@@ -1009,7 +1034,7 @@ impl Walk<'_, '_> {
             vec![format!("{dev}: {}, mtu {}", link.state_word(), link.mtu)],
         );
         match link.master.clone() {
-            Some(br) if s.link(&br).is_some_and(|b| b.kind == LinkKind::Bridge) => {
+            Some(br) if self.t.link(&br).is_some_and(|b| b.kind == LinkKind::Bridge) => {
                 self.bridge_in(&br, &dev, next_hop, pkt, &link)
             }
             Some(m) => Err(Verdict::Unknown {
@@ -1079,7 +1104,7 @@ impl Walk<'_, '_> {
     ) -> Step<Arrived> {
         let s = self.t.state;
         let stage = format!("bridge {br}");
-        let brl = s.link(br).cloned();
+        let brl = self.t.link(br).cloned();
         let Some(brl) = brl else {
             return Err(self.drop(
                 &stage,
@@ -1114,13 +1139,13 @@ impl Walk<'_, '_> {
         let host_any = s
             .addresses
             .iter()
-            .any(|a| a.address == nh && s.link(&a.ifname).is_none_or(|l| l.admin_up));
+            .any(|a| a.address == nh && self.t.link(&a.ifname).is_none_or(|l| l.admin_up));
         let arp_ignore = s.sysctls.effective_arp_ignore(br);
         let guest = self.t.owners.get(&nh).cloned().filter(|o| {
             let v = &s.vms[o.vm].vnics[o.vnic];
             v.host_dev
                 .as_deref()
-                .and_then(|d| s.link(d))
+                .and_then(|d| self.t.link(d))
                 .is_some_and(|l| l.master.as_deref() == Some(br))
         });
         if host_on_br || (host_any && arp_ignore == 0) {
@@ -1212,7 +1237,7 @@ impl Walk<'_, '_> {
         o: Owner,
     ) -> Step<Arrived> {
         let s = self.t.state;
-        let brl = s.link(br).cloned();
+        let brl = self.t.link(br).cloned();
         self.bridge_hook("prerouting", &pkt, Some(in_port), None, br)?;
         self.bridge_hook("forward", &pkt, Some(in_port), Some(out_port), br)?;
         // br_netfilter: bridged IP traffic also crosses the IP hooks
@@ -1699,7 +1724,7 @@ impl Walk<'_, '_> {
             let home = v.vnics[o.vnic]
                 .host_dev
                 .as_deref()
-                .and_then(|d| s.link(d))
+                .and_then(|d| self.t.link(d))
                 .map(|l| l.master.clone().unwrap_or_else(|| l.name.clone()));
             return Err(self.drop(
                 &stage,

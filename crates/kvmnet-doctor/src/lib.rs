@@ -121,6 +121,7 @@ pub fn diagnose(s: &HostState, opts: &Options) -> Report {
     virt::check(&cx, &mut findings);
     guest::check(&cx, &mut findings, &mut skipped);
     let verdicts = paths::check(&cx, &mut findings);
+    paths::check_port_forwards(&cx, &mut findings);
     probe::check(&cx, &mut findings, &mut skipped);
     let findings = merge(findings);
     let findings = paths::assign_causes(&cx, findings);

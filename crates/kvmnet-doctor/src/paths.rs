@@ -165,7 +165,12 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>) -> Vec<Pending> {
                         .commands(["in the guest: point /etc/resolv.conf at a reachable resolver (the host's address on its bridge runs one for libvirt networks)"])
                         .affects([vm.name.clone()]);
                     if known {
-                        d.caused_by = Some(f.code.clone());
+                        d.caused_by = Some(
+                            p.root
+                                .as_ref()
+                                .map(|r| r.0.clone())
+                                .unwrap_or_else(|| f.code.clone()),
+                        );
                     }
                     Some(d)
                 }
@@ -174,9 +179,7 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>) -> Vec<Pending> {
             if let Some(f) = found {
                 // the same fault found by a structural check: that finding is the cause
                 let existing = out.iter_mut().find(|e| {
-                    e.code == f.code
-                        && (e.affects.contains(&vm.name)
-                            || e.subject.iter().any(|s| f.subject.contains(s)))
+                    e.code == f.code && (e.affects.contains(&vm.name) || e.subject == f.subject)
                 });
                 let key = match existing {
                     Some(e) => {
@@ -819,4 +822,127 @@ pub(crate) fn finish_verdicts(
             }
         })
         .collect()
+}
+
+/// Declared port forwards: traffic from the upstream to the host port must reach the guest.
+pub(crate) fn check_port_forwards(cx: &Ctx, out: &mut Vec<Finding>) {
+    let s = cx.s;
+    let Some(uplink) = cx.uplink.clone() else {
+        return;
+    };
+    let from = s
+        .default_route(false)
+        .and_then(|r| r.first_gateway())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 1)));
+    for net in &s.networks {
+        for pf in &net.port_forwards {
+            let host_addr = pf.host_address.or_else(|| {
+                s.addresses_of(&uplink)
+                    .find(|a| a.address.is_ipv4() && a.scope == "global")
+                    .map(|a| a.address)
+            });
+            let Some(host_addr) = host_addr else { continue };
+            let proto = if pf.proto == "udp" { 17 } else { 6 };
+            let spec = FlowSpec {
+                from: Endpoint::Addr(from),
+                to: Endpoint::Addr(host_addr),
+                proto,
+                dport: pf.host_port,
+                sport: None,
+                size: None,
+                df: true,
+            };
+            let Ok(t) = cx.tracer.trace(&spec) else {
+                continue;
+            };
+            let what = format!(
+                "{}/{} {}:{} -> {}:{}",
+                net.name, pf.proto, host_addr, pf.host_port, pf.guest_ip, pf.guest_port
+            );
+            let affected: Vec<String> = s
+                .vms
+                .iter()
+                .filter(|v| {
+                    v.vnics
+                        .iter()
+                        .any(|n| n.addresses.iter().any(|a| a.address == pf.guest_ip))
+                        || v.guest.as_ref().is_some_and(|g| {
+                            g.interfaces
+                                .iter()
+                                .any(|i| i.addresses.iter().any(|a| a.addr() == pf.guest_ip))
+                        })
+                })
+                .map(|v| v.name.clone())
+                .collect();
+            let landed_on_host = t
+                .hops
+                .iter()
+                .any(|h| h.stage == "routing" && h.decision.contains("is local"));
+            let dnat_ok = t.hops.iter().any(|h| {
+                h.stage == "ip prerouting"
+                    && h.decision.starts_with("dnat")
+                    && h.decision.contains(&pf.guest_ip.to_string())
+            });
+            match &t.verdict {
+                Verdict::Delivered { .. } if dnat_ok => {}
+                Verdict::Dropped {
+                    cause,
+                    at,
+                    reason,
+                    rule,
+                    ..
+                } if dnat_ok || !landed_on_host => {
+                    let mut f = Finding::new(
+                        "port-forward-blocked",
+                        Severity::Error,
+                        Layer::Virtual,
+                        format!("port forward {what}: {reason}"),
+                    )
+                    .subject([net.name.clone(), format!("{}/{}", pf.proto, pf.host_port)])
+                    .evidence([format!(
+                        "trace {from} -> {host_addr} {}/{}: dropped at {at} ({cause})",
+                        pf.proto, pf.host_port
+                    )])
+                    .impact(format!(
+                        "clients cannot reach {}:{} through the forward",
+                        pf.guest_ip, pf.guest_port
+                    ))
+                    .affects(affected.clone());
+                    if let Some(r) = rule {
+                        f = f.evidence([format!(
+                            "rule: {} {} {}{}: {}",
+                            r.rule.family,
+                            r.rule.table,
+                            r.rule.chain,
+                            r.rule
+                                .handle
+                                .map(|h| format!(" handle {h}"))
+                                .unwrap_or_default(),
+                            r.text
+                        )]);
+                    }
+                    out.push(f);
+                }
+                _ => {
+                    out.push(
+                        Finding::new(
+                            "port-forward-missing",
+                            Severity::Error,
+                            Layer::Virtual,
+                            format!("port forward {what} is declared, but nothing translates the traffic"),
+                        )
+                        .subject([net.name.clone(), format!("{}/{}", pf.proto, pf.host_port)])
+                        .evidence([format!("trace {from} -> {host_addr} {}/{}: no DNAT in prerouting; the packet stays on the host", pf.proto, pf.host_port)])
+                        .impact(format!("connections to {}:{} never reach {}", host_addr, pf.host_port, pf.guest_ip))
+                        .commands([
+                            cx.cmd("nft add table inet kvmnet"),
+                            cx.cmd("nft add chain inet kvmnet prerouting '{ type nat hook prerouting priority dstnat; }'"),
+                            cx.cmd(&format!("nft add rule inet kvmnet prerouting iifname \"{uplink}\" {} dport {} dnat ip to {}:{}", pf.proto, pf.host_port, pf.guest_ip, pf.guest_port)),
+                        ])
+                        .affects(affected.clone()),
+                    );
+                }
+            }
+        }
+    }
 }

@@ -35,6 +35,38 @@ impl RtSocket {
         })
     }
 
+    /// Sends a change request and waits for the kernel's acknowledgement.
+    pub fn execute(&mut self, msg: RouteNetlinkMessage, what: &'static str) -> Result<(), Error> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | netlink_packet_core::NLM_F_ACK;
+        self.seq = self.seq.wrapping_add(1);
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        let mut out_buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut out_buf);
+        self.sock
+            .send(&out_buf, 0)
+            .map_err(|e| Error::io(what, e))?;
+        loop {
+            let n = self
+                .sock
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(|e| Error::io(what, e))?;
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[..n])
+                .map_err(|e| Error::Decode(what, e.to_string()))?;
+            if msg.header.sequence_number != self.seq {
+                continue;
+            }
+            if let NetlinkPayload::Error(e) = msg.payload {
+                return match e.code {
+                    Some(code) => Err(Error::netlink(what, -code.get())),
+                    None => Ok(()),
+                };
+            }
+        }
+    }
+
     /// Sends a request and collects every reply message until `NLMSG_DONE` (dumps) or the
     /// single answer (non-dump requests with `NLM_F_ACK` unset).
     pub fn request(

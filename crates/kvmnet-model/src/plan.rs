@@ -46,3 +46,13 @@ impl PlanStep {
         }
     }
 }
+
+/// One step as a JSON object (for journals).
+pub fn to_json(step: &PlanStep) -> String {
+    serde_json::to_string(step).unwrap_or_default()
+}
+
+/// Steps as a JSON array (for journals).
+pub fn to_json_list(steps: &[PlanStep]) -> String {
+    serde_json::to_string(steps).unwrap_or_default()
+}

@@ -84,6 +84,13 @@ pub struct DoctorArgs {
     /// JSON output: {findings, verdicts}.
     #[arg(long)]
     pub json: bool,
+    /// Apply the safe fixes (sysctls, link up, re-attach a port, MTU, masquerade in kvmnet's own
+    /// nftables table) after showing them: journaled, verified, rolled back on failure.
+    #[arg(long, conflicts_with_all = ["from", "json"])]
+    pub fix: bool,
+    /// With --fix: do not ask for confirmation.
+    #[arg(long, requires = "fix")]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,0 +1,114 @@
+//! The apply path is transactional: a step the kernel refuses midway undoes the steps before
+//! it, and the host reads back exactly as before. Root only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use kvmnet_linux::apply::{apply_plan, ApplyError};
+use kvmnet_linux::{collect, CollectOptions};
+use kvmnet_model::plan::PlanStep;
+use kvmnet_model::HostState;
+use kvmnet_testkit::{require_root, Lab};
+
+/// The parts of a state an apply may touch, without counters and timestamps.
+fn fingerprint(s: &HostState) -> String {
+    let mut out = vec![format!("ip_forward={:?}", s.sysctls.ip_forward)];
+    for l in &s.links {
+        out.push(format!(
+            "{} up={} master={:?} mtu={}",
+            l.name, l.admin_up, l.master, l.mtu
+        ));
+    }
+    for (k, v) in &s.sysctls.interfaces {
+        out.push(format!("{k}: {v:?}"));
+    }
+    out.push(format!(
+        "nft tables={:?}",
+        s.nftables
+            .tables
+            .iter()
+            .map(|t| &t.name)
+            .collect::<Vec<_>>()
+    ));
+    out.join("\n")
+}
+
+#[test]
+fn refused_step_rolls_back_everything() {
+    if !require_root("refused_step_rolls_back_everything") {
+        return;
+    }
+    let lab = Lab::nat(2).unwrap();
+    lab.hv.sysctl("net.ipv4.ip_forward", "0").unwrap();
+    lab.hv.ip(&["link", "set", "vnet1", "down"]).unwrap();
+    let opts = CollectOptions::full(Some(lab.hv.name().to_string()));
+    let before = fingerprint(&collect(&opts).unwrap().state);
+    let steps = vec![
+        PlanStep::SetSysctl {
+            key: "net.ipv4.ip_forward".into(),
+            value: "1".into(),
+        },
+        PlanStep::LinkUp {
+            ifname: "vnet1".into(),
+        },
+        PlanStep::SetMtu {
+            ifname: "vnet2".into(),
+            mtu: 1400,
+        },
+        PlanStep::AddMasquerade {
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            oifname: "uplink".into(),
+        },
+        // the kernel refuses this one: there is no such bridge
+        PlanStep::SetMaster {
+            ifname: "vnet2".into(),
+            master: "nosuchbr".into(),
+        },
+    ];
+    let err = apply_plan(Some(lab.hv.name()), &steps).unwrap_err();
+    match err {
+        ApplyError::RolledBack {
+            index, rolled_back, ..
+        } => {
+            assert_eq!(index, 5);
+            assert_eq!(rolled_back, 4);
+        }
+        other => panic!("expected a rollback, got {other}"),
+    }
+    let after = fingerprint(&collect(&opts).unwrap().state);
+    assert_eq!(before, after, "the host must read back as before");
+}
+
+#[test]
+fn applied_steps_read_back() {
+    if !require_root("applied_steps_read_back") {
+        return;
+    }
+    let lab = Lab::nat(1).unwrap();
+    lab.hv.ip(&["link", "set", "vnet1", "nomaster"]).unwrap();
+    let r = apply_plan(
+        Some(lab.hv.name()),
+        &[
+            PlanStep::SetMaster {
+                ifname: "vnet1".into(),
+                master: "br0".into(),
+            },
+            PlanStep::SetSysctl {
+                key: "net.ipv4.conf.br0.rp_filter".into(),
+                value: "2".into(),
+            },
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.applied, 2);
+    let journal = std::fs::read_to_string(&r.journal).unwrap();
+    assert!(
+        journal.contains("\"no-master\""),
+        "the journal holds each inverse: {journal}"
+    );
+    let s = collect(&CollectOptions::full(Some(lab.hv.name().to_string())))
+        .unwrap()
+        .state;
+    assert_eq!(s.link("vnet1").unwrap().master.as_deref(), Some("br0"));
+    assert_eq!(s.sysctls.interfaces["br0"].rp_filter, Some(2));
+    assert!(lab.guest_pings(0, "203.0.113.1"));
+}

@@ -764,6 +764,21 @@ pub(crate) fn finish_verdicts(
                     None => f,
                 })
                 .or_else(|| vm_errors.first().copied());
+            let probe_fails: Vec<String> = cx
+                .opts
+                .probes
+                .iter()
+                .filter(|x| x.from == p.vm && !x.ok)
+                .map(|x| {
+                    format!(
+                        "{:?} {}{}",
+                        x.kind,
+                        x.target,
+                        x.port.map(|n| format!(":{n}")).unwrap_or_default()
+                    )
+                    .to_lowercase()
+                })
+                .collect();
             let failed: Vec<&String> = p
                 .results
                 .iter()
@@ -802,9 +817,14 @@ pub(crate) fn finish_verdicts(
                 )
             };
             let _ = target;
+            let summary = if probe_fails.is_empty() {
+                summary
+            } else {
+                format!("{summary}; probes failed: {}", probe_fails.join(", "))
+            };
             VmVerdict {
                 vm: p.vm.clone(),
-                ok: root.is_none() && failed.is_empty(),
+                ok: root.is_none() && failed.is_empty() && probe_fails.is_empty(),
                 summary,
                 cause: root.map(|f| f.code.clone()),
                 cause_subject: root.map(|f| f.subject.clone()).unwrap_or_default(),

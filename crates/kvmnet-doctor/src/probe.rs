@@ -43,81 +43,85 @@ pub struct ProbeResult {
 }
 
 pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>) {
-    if cx.opts.probes.is_empty() {
-        return;
-    }
+    let _ = skipped;
+    // a VM whose path already failed in the simulation: its failed probes follow from that
+    let traced_root = |vm: &str, out: &[Finding]| -> Option<String> {
+        out.iter()
+            .find(|f| {
+                f.severity == Severity::Error
+                    && f.caused_by.is_none()
+                    && f.affects.iter().any(|a| a == vm)
+            })
+            .map(|f| f.code.clone())
+    };
     for p in &cx.opts.probes {
         if p.from != "host" && !cx.selected(&p.from) {
             continue;
         }
-        match (p.kind, p.ok) {
-            (ProbeKind::Dad, false) => out.push(
-                Finding::new(
-                    "ip-conflict",
-                    Severity::Error,
-                    Layer::Guest,
-                    format!(
-                        "{} is in use by another machine ({})",
-                        p.target,
-                        p.macs.join(", ")
-                    ),
-                )
+        if p.ok {
+            continue;
+        }
+        // path MTU says nothing when the target does not answer small packets either
+        if p.kind == ProbeKind::PathMtu
+            && cx.opts.probes.iter().any(|q| {
+                q.from == p.from && q.kind == ProbeKind::Ping && q.target == p.target && !q.ok
+            })
+        {
+            continue;
+        }
+        let ev = format!(
+            "probe {:?} from {} to {}{}: {}",
+            p.kind,
+            p.from,
+            p.target,
+            p.port.map(|x| format!(":{x}")).unwrap_or_default(),
+            p.detail
+        );
+        let f = match p.kind {
+            ProbeKind::Dad => Finding::new("ip-conflict", Severity::Error, Layer::Guest, format!("{} is in use by another machine ({})", p.target, p.macs.join(", ")))
                 .subject([p.from.clone(), p.target.to_string()])
-                .evidence([format!(
-                    "ARP duplicate-address detection from {}: {}",
-                    p.from, p.detail
-                )])
                 .impact("two machines answer for one address")
-                .commands(["give one of them another address"])
-                .affects([p.from.clone()]),
-            ),
-            (ProbeKind::Arp, false) | (ProbeKind::Ping, false)
-                if (Some(p.target) != cx.target || p.kind == ProbeKind::Arp)
-                    && p.from != "host" =>
-            {
-                out.push(
-                    Finding::new(
-                        "gateway-unreachable",
-                        Severity::Error,
-                        Layer::Guest,
-                        format!(
-                            "{}: {} does not answer ({})",
-                            p.from,
-                            p.target,
-                            if p.kind == ProbeKind::Arp {
-                                "ARP"
-                            } else {
-                                "ping"
-                            }
-                        ),
-                    )
+                .commands(["give one of them another address"]),
+            ProbeKind::Arp | ProbeKind::Ping if Some(p.target) != cx.target || p.kind == ProbeKind::Arp => {
+                Finding::new("gateway-unreachable", Severity::Error, Layer::Guest, format!("{}: {} does not answer ({})", p.from, p.target, if p.kind == ProbeKind::Arp { "ARP" } else { "ping" }))
                     .subject([p.from.clone(), p.target.to_string()])
-                    .evidence([format!("probe {:?} from {}: {}", p.kind, p.from, p.detail)])
                     .impact("the guest cannot reach its gateway")
-                    .affects([p.from.clone()]),
-                );
             }
-            (ProbeKind::PathMtu, false) if p.from != "host" => out.push(
+            ProbeKind::TcpConnect if p.detail.contains("refused") => Finding::new("port-closed", Severity::Error, Layer::Guest, format!("{}: {} port {} refuses connections", p.from, p.target, p.port.unwrap_or(0)))
+                .subject([p.from.clone(), format!("{}:{}", p.target, p.port.unwrap_or(0))])
+                .impact("the target is reachable, but nothing listens on the port (or a firewall rejects with a TCP reset)")
+                .commands(["check the service on the target, or a reject rule on the way"]),
+            ProbeKind::Arp | ProbeKind::Ping | ProbeKind::TcpConnect => Finding::new("target-unreachable", Severity::Error, Layer::Guest, format!("{}: {}{} does not answer", p.from, p.target, p.port.map(|x| format!(" port {x}")).unwrap_or_default()))
+                .subject([p.from.clone(), p.target.to_string()])
+                .impact("the probe failed although the host's configuration shows no cause: look beyond the host (upstream, the guest's own firewall, the service)"),
+            ProbeKind::PathMtu => {
+                let discoverable = p.detail.contains("fragmentation needed");
                 Finding::new(
                     "mtu-mismatch",
-                    Severity::Error,
+                    if discoverable { Severity::Warning } else { Severity::Error },
                     Layer::Virtual,
-                    format!(
-                        "{}: large packets to {} are lost{}",
-                        p.from,
-                        p.target,
-                        p.size
-                            .map(|s| format!(" (largest that passed: {s} bytes)"))
-                            .unwrap_or_default()
-                    ),
+                    format!("{}: full-size packets to {} {}{}", p.from, p.target, if discoverable { "need path MTU discovery" } else { "are lost" }, p.size.map(|s| format!(" (largest that passed: {s} bytes)")).unwrap_or_default()),
                 )
                 .subject([p.from.clone(), p.target.to_string()])
-                .evidence([format!("DF probes from {}: {}", p.from, p.detail)])
-                .impact("transfers with full-size packets stall")
-                .affects([p.from.clone()]),
-            ),
-            _ => {}
+                .impact(if discoverable { "works only while ICMP fragmentation-needed reaches the guest" } else { "transfers with full-size packets stall (a black hole)" })
+            }
+        };
+        // the same fault already found from the configuration: the probe is evidence
+        if let Some(e) = out
+            .iter_mut()
+            .find(|e| e.code == f.code && e.affects.contains(&p.from))
+        {
+            e.evidence.push(ev);
+            continue;
         }
+        let mut f = f.evidence([ev]);
+        if p.kind != ProbeKind::Dad {
+            f.caused_by = traced_root(&p.from, out);
+        }
+        out.push(if p.from == "host" {
+            f
+        } else {
+            f.affects([p.from.clone()])
+        });
     }
-    let _ = skipped;
 }

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod collect;
 pub mod netns;
 pub mod nft;
+pub mod probe;
 pub mod procfs;
 pub mod qemu;
 pub mod rtnl;

@@ -81,6 +81,10 @@ pub struct DoctorArgs {
     /// Also test a TCP connection to this port on the target.
     #[arg(long, value_name = "N")]
     pub port: Option<u16>,
+    /// Run active probes too (ARP and ping to the gateway, ping and TCP to the target, path
+    /// MTU, duplicate-address detection), from the host and inside each guest.
+    #[arg(long, conflicts_with = "from")]
+    pub probe: bool,
     /// JSON output: {findings, verdicts}.
     #[arg(long)]
     pub json: bool,

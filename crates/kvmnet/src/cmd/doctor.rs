@@ -33,7 +33,18 @@ pub fn run(a: DoctorArgs, color: bool) -> Result<i32, CliError> {
             )));
         }
     }
-    let report = diagnose(&state, &options(&a));
+    let mut opts = options(&a);
+    let mut probe_notes = vec![];
+    if a.probe {
+        let target = a
+            .target
+            .or_else(|| state.default_route(false).and_then(|r| r.first_gateway()));
+        let (results, notes) = super::probe::run_probes(&state, target, a.port, &opts.vms);
+        opts.probes = results;
+        probe_notes = notes;
+    }
+    let mut report = diagnose(&state, &opts);
+    report.skipped.extend(probe_notes);
     let text = if a.json {
         crate::output::json(&report)?
     } else {

@@ -1,6 +1,7 @@
 //! Command dispatch.
 
 mod doctor;
+mod probe;
 mod show;
 mod snapshot;
 mod trace;

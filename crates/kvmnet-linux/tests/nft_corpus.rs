@@ -145,3 +145,91 @@ fn corpus_rulesets_read_back_like_nft_lists_them() {
         "rule text agreement fell to {rules_same}/{rules_total}"
     );
 }
+
+fn all_rulesets(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                all_rulesets(&p, out);
+            } else if p.extension().is_some_and(|x| {
+                x == "nft"
+                    || x == "nftables"
+                    || x == "json-nft"
+                    || (x == "json" && p.to_string_lossy().contains("nftables"))
+            }) && !p.ends_with("base.nftables")
+            {
+                out.push(p);
+            }
+        }
+    }
+}
+
+/// Every ruleset of the corpus (nft scripts, nft JSON, libvirt's recorded nft commands) loads
+/// through the kernel and compiles for the simulator; what cannot be evaluated is listed.
+#[test]
+fn every_corpus_ruleset_loads_for_trace() {
+    if !require_root("every_corpus_ruleset_loads_for_trace") {
+        return;
+    }
+    require_cmd("nft");
+    let mut list = vec![];
+    all_rulesets(&corpus_dir(), &mut list);
+    list.sort();
+    assert!(list.len() > 60, "{} rulesets found", list.len());
+    let base = corpus_dir().join("libvirt__libvirt/tests/networkxml2firewalldata/base.nftables");
+    let (mut loaded, mut kernel, mut syntax) = (0, vec![], vec![]);
+    let mut unknown = 0;
+    for f in &list {
+        let mut files: Vec<&Path> = vec![];
+        if f.extension().is_some_and(|x| x == "nftables") {
+            files.push(&base);
+        }
+        files.push(f);
+        match kvmnet_linux::nft::load_ruleset_files(&files) {
+            Ok(rs) => {
+                loaded += 1;
+                let c = kvmnet_trace::compile(&rs);
+                let u = kvmnet_trace::unsupported(&c);
+                unknown += u.iter().filter(|x| x.kind == "unknown").count();
+                for x in u.iter().filter(|x| x.kind == "unknown") {
+                    println!(
+                        "  unsupported in {}: {} {} {} handle {}: {}",
+                        f.file_name().unwrap().to_string_lossy(),
+                        x.family,
+                        x.table,
+                        x.chain,
+                        x.handle,
+                        x.what
+                    );
+                }
+            }
+            Err(kvmnet_linux::nft::LoadError::Refused { reason, .. }) => {
+                // the kernel (no flowtables, tunnels...) or this nft version (newer syntax)
+                // refused it: reported, not kvmnet's failure
+                if reason.contains("No such file or directory")
+                    || reason.contains("Operation not supported")
+                {
+                    kernel.push(f.clone());
+                } else {
+                    syntax.push((f.clone(), reason));
+                }
+            }
+            Err(e) => panic!("{}: {e}", f.display()),
+        }
+    }
+    println!(
+        "{loaded}/{} corpus rulesets loaded and compiled; {} need kernel features this machine lacks; {} use syntax this nft cannot parse; {unknown} expressions kvmnet cannot evaluate",
+        list.len(),
+        kernel.len(),
+        syntax.len()
+    );
+    for (f, r) in &syntax {
+        println!("  nft cannot parse {}: {r}", f.display());
+    }
+    assert!(
+        loaded * 100 >= list.len() * 70,
+        "only {loaded} of {} loaded",
+        list.len()
+    );
+}

@@ -694,3 +694,54 @@ fn index_blocks(rules: &[Rule]) -> Vec<Block> {
     }
     blocks
 }
+
+/// Something in a ruleset kvmnet cannot evaluate, or evaluates under an assumption.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Unsupported {
+    pub family: String,
+    pub table: String,
+    pub chain: String,
+    pub handle: u64,
+    /// What it is (`xt match string`, `meta skuid`, `numgen`, `limit`...).
+    pub what: String,
+    /// `unknown` (the verdict of a rule with it is undecidable) or `assumed` (kvmnet assumes
+    /// the common case, e.g. traffic within a limit).
+    pub kind: String,
+}
+
+/// Every expression of the ruleset that kvmnet cannot evaluate exactly.
+pub fn unsupported(c: &Compiled) -> Vec<Unsupported> {
+    let mut out = vec![];
+    for ch in &c.chains {
+        let t = &c.tables[ch.table];
+        for r in &ch.rules {
+            for op in &r.ops {
+                let (what, kind) = match op {
+                    Op::Unknown { name } => (name.clone(), "unknown"),
+                    Op::Meta {
+                        key: MetaKey::Unknowable(w),
+                        ..
+                    } => (w.to_string(), "unknown"),
+                    Op::Ct {
+                        key: CtKey::Unknowable(w),
+                        ..
+                    } => (w.to_string(), "unknown"),
+                    Op::XtTarget(XtTarget::Unknown { name }) => {
+                        (format!("xt target {name}"), "unknown")
+                    }
+                    Op::Limit { .. } => ("limit (assumed within the rate)".to_string(), "assumed"),
+                    _ => continue,
+                };
+                out.push(Unsupported {
+                    family: t.family.to_string(),
+                    table: t.name.clone(),
+                    chain: ch.name.clone(),
+                    handle: r.handle,
+                    what,
+                    kind: kind.into(),
+                });
+            }
+        }
+    }
+    out
+}

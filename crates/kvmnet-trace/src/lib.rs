@@ -12,7 +12,7 @@ pub mod packet;
 pub mod path;
 pub mod route;
 
-pub use compile::{compile, Compiled};
+pub use compile::{compile, unsupported, Compiled, Unsupported};
 pub use eval::{eval_hook, HookCtx, HookResult, HookVerdict, RuleRef};
 pub use packet::{CtState, Packet};
 pub use path::{Endpoint, FlowSpec, Hop, RuleEvidence, Trace, TraceError, Tracer, Verdict};

@@ -100,11 +100,27 @@ pub struct DoctorArgs {
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     /// Where the packet starts: vm:NAME[:N], host, or an IP address.
-    #[arg(long, value_name = "ENDPOINT")]
-    pub from: String,
+    #[arg(
+        long,
+        value_name = "ENDPOINT",
+        required_unless_present = "explain_unsupported"
+    )]
+    pub from: Option<String>,
     /// Where it goes: an IP address, vm:NAME[:N], or host.
-    #[arg(long, value_name = "ENDPOINT")]
-    pub to: String,
+    #[arg(
+        long,
+        value_name = "ENDPOINT",
+        required_unless_present = "explain_unsupported"
+    )]
+    pub to: Option<String>,
+    /// Evaluate against this ruleset instead of the host's (nft script, nft JSON, or a list of
+    /// nft commands; repeat to load several in order). It is loaded by the kernel in a private
+    /// throwaway namespace: the host's ruleset is not touched.
+    #[arg(long, value_name = "FILE")]
+    pub ruleset: Vec<PathBuf>,
+    /// List the expressions of the ruleset kvmnet cannot evaluate exactly, and exit.
+    #[arg(long)]
+    pub explain_unsupported: bool,
     /// Protocol.
     #[arg(long, value_enum, default_value_t = Proto::Icmp)]
     pub proto: Proto,

@@ -5,6 +5,8 @@
 
 mod attr;
 mod decode;
+pub mod load;
 
 pub use attr::{Attr, AttrIter};
 pub use decode::dump_ruleset;
+pub use load::{load_ruleset_files, LoadError};

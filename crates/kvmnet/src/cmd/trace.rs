@@ -35,10 +35,51 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, CliError> {
 }
 
 pub fn run(a: TraceArgs, color: bool) -> Result<i32, CliError> {
-    let from = parse_endpoint(&a.from)?;
-    let to = parse_endpoint(&a.to)?;
-    let state = crate::source::load(a.netns.as_deref(), a.from_snapshot.as_deref())?;
+    let mut state = if a.explain_unsupported
+        && !a.ruleset.is_empty()
+        && a.netns.is_none()
+        && a.from_snapshot.is_none()
+    {
+        kvmnet_model::HostState::default()
+    } else {
+        crate::source::load(a.netns.as_deref(), a.from_snapshot.as_deref())?
+    };
+    if !a.ruleset.is_empty() {
+        let paths: Vec<&std::path::Path> = a.ruleset.iter().map(|p| p.as_path()).collect();
+        state.nftables = kvmnet_linux::nft::load_ruleset_files(&paths).map_err(|e| match e {
+            kvmnet_linux::nft::LoadError::Read(..)
+            | kvmnet_linux::nft::LoadError::Refused { .. } => CliError::input(e.to_string()),
+            other => CliError::runtime(other.to_string()),
+        })?;
+    }
     let tracer = Tracer::new(&state);
+    if a.explain_unsupported {
+        let list = kvmnet_trace::unsupported(&tracer.compiled);
+        let text = if a.json {
+            crate::output::json(&list)?
+        } else if list.is_empty() {
+            format!(
+                "every expression of the ruleset ({} rules) is evaluated exactly",
+                state.nftables.rule_count()
+            )
+        } else {
+            let mut t = format!(
+                "{} expression(s) kvmnet cannot evaluate exactly:\n",
+                list.len()
+            );
+            for u in &list {
+                t.push_str(&format!(
+                    "  {} {} {} handle {}: {} ({})\n",
+                    u.family, u.table, u.chain, u.handle, u.what, u.kind
+                ));
+            }
+            t
+        };
+        crate::output::print(&text)?;
+        return Ok(0);
+    }
+    let from = parse_endpoint(a.from.as_deref().unwrap_or_default())?;
+    let to = parse_endpoint(a.to.as_deref().unwrap_or_default())?;
     let spec = FlowSpec {
         from,
         to,

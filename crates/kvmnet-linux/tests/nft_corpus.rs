@@ -227,9 +227,6 @@ fn every_corpus_ruleset_loads_for_trace() {
     for (f, r) in &syntax {
         println!("  nft cannot parse {}: {r}", f.display());
     }
-    assert!(
-        loaded * 100 >= list.len() * 70,
-        "only {loaded} of {} loaded",
-        list.len()
-    );
+    // a floor against regressions in the loader (the rest is the kernel or nft refusing)
+    assert!(loaded >= 80, "only {loaded} of {} loaded", list.len());
 }

@@ -241,3 +241,73 @@ fn slow_nic_model_and_vhost_are_info() {
         .unwrap();
     assert!(vh.subject.contains(&"novhost1".to_string()));
 }
+
+#[test]
+fn declared_port_forward_blocked_by_a_rule() {
+    let mut s = healthy();
+    // a drop of the forwarded traffic, first in the forward chain
+    let t = s
+        .nftables
+        .tables
+        .iter_mut()
+        .find(|t| t.name == "filter")
+        .unwrap();
+    let chain = t.chains.iter_mut().find(|c| c.name == "forward").unwrap();
+    use kvmnet_model::nft::{CmpOp, Expr, NftData, NftRule, NftVerdict};
+    use kvmnet_model::Bytes;
+    chain.rules.insert(
+        0,
+        NftRule {
+            handle: 99,
+            comment: Some("block web".into()),
+            exprs: vec![
+                Expr::Payload {
+                    base: "network".into(),
+                    offset: 16,
+                    len: 4,
+                    dreg: 1,
+                },
+                Expr::Cmp {
+                    sreg: 1,
+                    op: CmpOp::Eq,
+                    data: Bytes(vec![10, 0, 0, 11]),
+                },
+                Expr::Immediate {
+                    dreg: 0,
+                    data: NftData::Verdict(NftVerdict {
+                        kind: "drop".into(),
+                        chain: None,
+                    }),
+                },
+            ],
+        },
+    );
+    let r = run(&s);
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.code == "port-forward-blocked")
+        .unwrap_or_else(|| panic!("{:#?}", r.findings));
+    assert!(f.is_root_error());
+    assert!(
+        f.evidence
+            .iter()
+            .any(|e| e.contains("handle 99") && e.contains("block web")),
+        "cites the deciding rule: {:?}",
+        f.evidence
+    );
+    // the same rule also drops replies to web1 and bridged frames to it (br_netfilter):
+    // those are the rule's other effects; nothing else is broken
+    let others: Vec<_> = r
+        .findings
+        .iter()
+        .filter(|x| {
+            x.is_root_error()
+                && !matches!(
+                    x.code.as_str(),
+                    "port-forward-blocked" | "forward-blocked" | "bridge-netfilter-drop"
+                )
+        })
+        .collect();
+    assert!(others.is_empty(), "{others:#?}");
+}

@@ -247,7 +247,7 @@ pub struct Rule {
 #[derive(Clone, Debug)]
 pub struct Chain {
     pub table: usize,
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     pub rules: Vec<Rule>,
     pub hook: Option<(String, i32, String, bool)>,
     /// Indexed runs of rules: (first rule, past-last rule, field, value -> rule indices).
@@ -282,7 +282,9 @@ pub struct Set {
 #[derive(Clone, Debug)]
 pub struct Table {
     pub family: NftFamily,
-    pub name: String,
+    pub name: std::sync::Arc<str>,
+    /// The family's name, shared by every rule reference.
+    pub family_name: std::sync::Arc<str>,
 }
 
 /// The compiled ruleset.
@@ -320,7 +322,8 @@ pub fn compile(rs: &NftRuleset) -> Compiled {
     for (ti, t) in rs.tables.iter().enumerate() {
         c.tables.push(Table {
             family: t.family,
-            name: t.name.clone(),
+            name: t.name.as_str().into(),
+            family_name: t.family.as_str().into(),
         });
         let set_base = c.sets.len();
         let sets: HashMap<String, usize> = t
@@ -377,7 +380,7 @@ pub fn compile(rs: &NftRuleset) -> Compiled {
             let blocks = index_blocks(&rules);
             c.chains.push(Chain {
                 table: ti,
-                name: ch.name.clone(),
+                name: ch.name.as_str().into(),
                 rules,
                 hook: ch.hook.as_ref().map(|h| {
                     (
@@ -734,8 +737,8 @@ pub fn unsupported(c: &Compiled) -> Vec<Unsupported> {
                 };
                 out.push(Unsupported {
                     family: t.family.to_string(),
-                    table: t.name.clone(),
-                    chain: ch.name.clone(),
+                    table: t.name.to_string(),
+                    chain: ch.name.to_string(),
                     handle: r.handle,
                     what,
                     kind: kind.into(),

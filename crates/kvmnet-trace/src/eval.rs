@@ -58,9 +58,9 @@ pub struct HookCtx<'a> {
 /// A rule, as evidence.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize)]
 pub struct RuleRef {
-    pub family: String,
-    pub table: String,
-    pub chain: String,
+    pub family: std::sync::Arc<str>,
+    pub table: std::sync::Arc<str>,
+    pub chain: std::sync::Arc<str>,
     /// The rule's handle; `None` when the chain's policy decided.
     pub handle: Option<u64>,
 }
@@ -513,7 +513,7 @@ fn run_rule(
                                     let target = v.chain.as_deref().and_then(|n| {
                                         c.chains
                                             .iter()
-                                            .position(|ch| ch.table == table && ch.name == n)
+                                            .position(|ch| ch.table == table && &*ch.name == n)
                                     });
                                     match (target, v.kind.as_str()) {
                                         (Some(t), "jump") => Code::Jump(t),
@@ -732,7 +732,7 @@ fn rule_ref(c: &Compiled, chain: usize, handle: Option<u64>) -> RuleRef {
     let ch = &c.chains[chain];
     let t = &c.tables[ch.table];
     RuleRef {
-        family: t.family.to_string(),
+        family: t.family_name.clone(),
         table: t.name.clone(),
         chain: ch.name.clone(),
         handle,

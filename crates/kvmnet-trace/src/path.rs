@@ -54,7 +54,7 @@ pub struct RuleEvidence {
     #[serde(flatten)]
     pub rule: RuleRef,
     /// The rule as nft prints it, or `policy drop` / `policy accept`.
-    pub text: String,
+    pub text: std::sync::Arc<str>,
 }
 
 /// One step of the path.
@@ -153,7 +153,7 @@ pub struct Tracer<'a> {
     links: FnvMap<&'a str, &'a Link>,
     vms: FnvMap<&'a str, usize>,
     /// Rule texts, rendered once on first use: (family, table, chain, handle) -> text.
-    texts: std::sync::Mutex<FnvMap<RuleRef, String>>,
+    texts: std::sync::Mutex<FnvMap<RuleRef, std::sync::Arc<str>>>,
 }
 
 fn arptype(l: &Link) -> u16 {
@@ -249,7 +249,7 @@ impl<'a> Tracer<'a> {
             .nftables
             .tables
             .iter()
-            .find(|t| t.family.as_str() == r.family && t.name == r.table);
+            .find(|t| t.family.as_str() == &*r.family && t.name == &*r.table);
         let text = match r.handle {
             None => {
                 let policy = table
@@ -267,6 +267,7 @@ impl<'a> Tracer<'a> {
                 })
                 .unwrap_or_default(),
         };
+        let text: std::sync::Arc<str> = text.into();
         if let Ok(mut cache) = self.texts.lock() {
             cache.insert(r.clone(), text.clone());
         }

@@ -30,7 +30,7 @@ pub fn render_trace(t: &Trace, color: bool) -> String {
             let _ = writeln!(out, "     {:<width$}    {}", "", f);
         }
         if let Some(r) = &h.rule {
-            if !h.decision.contains(&r.text) && !h.facts.iter().any(|f| f.contains(&r.text)) {
+            if !h.decision.contains(&*r.text) && !h.facts.iter().any(|f| f.contains(&*r.text)) {
                 let _ = writeln!(
                     out,
                     "     {:<width$}    rule: {} {} {} {}: {}",

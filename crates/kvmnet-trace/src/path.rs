@@ -249,7 +249,7 @@ impl<'a> Tracer<'a> {
             .nftables
             .tables
             .iter()
-            .find(|t| t.family.as_str() == &*r.family && t.name == &*r.table);
+            .find(|t| t.family.as_str() == &*r.family && t.name == *r.table);
         let text = match r.handle {
             None => {
                 let policy = table

@@ -14,10 +14,12 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
     let s = cx.s;
     for vm in cx.vms() {
         let Some(g) = &vm.guest else {
-            skipped.push(format!(
-                "{}: guest layer skipped: no view into the guest (no network namespace, no guest agent)",
-                vm.name
-            ));
+            let why = match &vm.agent {
+                None => "no view into the guest: it has no guest agent channel (libvirt: add <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>; then run qemu-guest-agent in the guest)",
+                Some(a) if a.connected == Some(false) => "its guest agent channel exists but no agent runs in the guest (start qemu-guest-agent there)",
+                Some(_) => "its guest agent did not answer",
+            };
+            skipped.push(format!("{}: guest layer skipped: {why}", vm.name));
             continue;
         };
         for n in &vm.vnics {
@@ -220,6 +222,38 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                     );
                 }
             }
+        }
+        // a guest with a default route but no resolver: the network works, names do not
+        let routed = g
+            .routes
+            .as_ref()
+            .is_some_and(|r| r.iter().any(|r| r.is_default() && r.dst.addr().is_ipv4()));
+        if routed && g.nameservers.as_ref().is_some_and(|n| n.is_empty()) {
+            let host_dns: Vec<String> = vm
+                .vnics
+                .iter()
+                .filter_map(|n| n.network.as_deref())
+                .filter_map(|net| s.networks.iter().find(|x| x.name == net))
+                .filter(|net| net.dns.enabled != Some(false))
+                .filter_map(|net| net.ips.iter().find(|i| i.address.addr().is_ipv4()))
+                .map(|i| i.address.addr().to_string())
+                .collect();
+            out.push(
+                Finding::new(
+                    "guest-no-resolver",
+                    Severity::Warning,
+                    Layer::Guest,
+                    format!("{}: the guest has no DNS resolver configured", vm.name),
+                )
+                .subject([vm.name.clone()])
+                .evidence(["guest /etc/resolv.conf: no nameserver lines (or no file)".to_string()])
+                .impact("IP traffic works but names do not resolve: package installs and most services fail")
+                .commands([format!(
+                    "in the guest: echo 'nameserver {}' > /etc/resolv.conf (or let DHCP configure it)",
+                    host_dns.first().cloned().unwrap_or_else(|| "RESOLVER".into())
+                )])
+                .affects([vm.name.clone()]),
+            );
         }
     }
 }

@@ -60,6 +60,9 @@ pub struct Report {
     /// Layers or checks that were skipped, and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
+    /// The active probes that ran (with `--probe`) and what they saw.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeResult>,
 }
 
 impl Report {
@@ -140,6 +143,7 @@ pub fn diagnose(s: &HostState, opts: &Options) -> Report {
         findings,
         verdicts,
         skipped,
+        probes: opts.probes.clone(),
     }
 }
 

@@ -287,7 +287,11 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>) {
                                 .subject([nic.clone(), dev.clone()])
                                 .evidence([format!("model {model}")])
                                 .impact("every packet is emulated in QEMU: several times the CPU cost and a fraction of virtio-net's throughput")
-                                .commands([format!("virsh edit {}: <model type='virtio'/> (the guest needs virtio drivers)", vm.name)])
+                                .commands([if vm.source == VmSource::Libvirt {
+                                    format!("virsh edit {}: <model type='virtio'/> (the guest needs virtio drivers)", vm.name)
+                                } else {
+                                    format!("restart {} with -device virtio-net-pci instead of {model} (the guest needs virtio drivers)", vm.name)
+                                }])
                                 .affects([vm.name.clone()]),
                         );
                     } else if model == "virtio" && n.vhost == Some(false) {
@@ -296,7 +300,11 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>) {
                                 .subject([nic.clone(), dev.clone()])
                                 .evidence(["vhost=off".to_string()])
                                 .impact("packets are copied through QEMU's userspace: lower throughput, higher latency")
-                                .commands([format!("virsh edit {}: <driver name='vhost'/> (needs /dev/vhost-net)", vm.name)])
+                                .commands([if vm.source == VmSource::Libvirt {
+                                    format!("virsh edit {}: <driver name='vhost'/> (needs /dev/vhost-net)", vm.name)
+                                } else {
+                                    format!("restart {} with vhost=on on its -netdev tap (needs /dev/vhost-net)", vm.name)
+                                }])
                                 .affects([vm.name.clone()]),
                         );
                     }

@@ -69,6 +69,7 @@ fn libvirt_vm(name: &str, dev: &str, network: &str) -> Vm {
         }],
         guest: None,
         vcpus: Some(2),
+        agent: None,
     }
 }
 

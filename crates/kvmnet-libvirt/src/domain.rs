@@ -62,11 +62,24 @@ pub(crate) fn domain_from(doc: &Document, node: Node) -> Result<Vm, XmlError> {
                 .or(v.text())
                 .and_then(|t| t.trim().parse().ok())
         }),
+        agent: None,
     };
     if let Some(devices) = child(dom, "devices") {
         for iface in children(devices, "interface") {
             vm.vnics.push(interface(doc, iface)?);
         }
+        // the guest agent's virtio channel (libvirt holds its socket)
+        vm.agent = children(devices, "channel")
+            .filter_map(|c| child(c, "target"))
+            .find(|t| {
+                t.attribute("type") == Some("virtio")
+                    && t.attribute("name") == Some("org.qemu.guest_agent.0")
+            })
+            .map(|t| kvmnet_model::vm::AgentChannel {
+                socket: None,
+                libvirt: true,
+                connected: t.attribute("state").map(|s| s == "connected"),
+            });
     }
     Ok(vm)
 }

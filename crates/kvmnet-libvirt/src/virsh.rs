@@ -39,6 +39,25 @@ pub struct Connection {
 
 impl Connection {
     fn virsh(&self, args: &[&str]) -> Result<String, String> {
+        self.run_virsh(true, args)
+    }
+
+    /// A caller for the guest agent of `domain` through libvirt (`virsh qemu-agent-command`,
+    /// which needs a read-write connection; the commands kvmnet sends only read the guest's
+    /// state or run ping inside it).
+    pub fn agent_caller(&self, domain: &str) -> impl FnMut(&str) -> Result<String, String> + Send {
+        let conn = self.clone();
+        let domain = domain.to_string();
+        move |json: &str| {
+            conn.run_virsh(
+                false,
+                &["qemu-agent-command", "--timeout", "5", &domain, json],
+            )
+            .map(|s| s.trim().to_string())
+        }
+    }
+
+    fn run_virsh(&self, read_only: bool, args: &[&str]) -> Result<String, String> {
         let mut cmd = match self.mount_ns_pid {
             Some(pid) => {
                 let mut c = Command::new("nsenter");
@@ -47,7 +66,10 @@ impl Connection {
             }
             None => Command::new("virsh"),
         };
-        cmd.args(["-r", "-q", "-c", &self.uri]).args(args);
+        if read_only {
+            cmd.arg("-r");
+        }
+        cmd.args(["-q", "-c", &self.uri]).args(args);
         let out = cmd.output().map_err(|e| format!("cannot run virsh: {e}"))?;
         if !out.status.success() {
             return Err(format!(
@@ -185,6 +207,10 @@ pub fn merge_into(state: &mut HostState, inv: LibvirtInventory) {
         }) {
             let q = state.vms.remove(pos);
             vm.pid = vm.pid.or(q.pid);
+            // libvirt holds the agent socket: a path seen on QEMU's command line is not ours
+            if vm.agent.is_none() {
+                vm.agent = q.agent;
+            }
             vm.vcpus = vm.vcpus.or(q.vcpus);
             for n in vm.vnics.iter_mut() {
                 if n.vhost.is_none() {

@@ -301,11 +301,80 @@ pub fn collect(opts: &CollectOptions) -> Result<Collected, Error> {
     }
 
     t.mark("kernel state");
+    if opts.guests {
+        attach_agent_views(&mut state);
+        t.mark("guest agents");
+    }
     namespace_guests(&mut state, opts.guests);
     bridge_networks(&mut state);
     t.mark("guests and networks");
     let libvirt = procfs::find_libvirt_daemon(&procs, own_id.1);
     Ok(Collected { state, libvirt })
+}
+
+/// Gives a VM its guest's own view (read through the agent), and fills its vNICs' guest-side
+/// names, MTUs and addresses from it (matched by MAC).
+pub fn apply_guest_view(vm: &mut Vm, v: GuestView) {
+    for n in vm.vnics.iter_mut() {
+        let Some(iface) = n
+            .mac
+            .and_then(|m| v.interfaces.iter().find(|x| x.mac == Some(m)))
+        else {
+            continue;
+        };
+        n.guest_ifname = Some(iface.name.clone());
+        n.mtu = iface.mtu.or(n.mtu);
+        for a in &iface.addresses {
+            if !n.addresses.iter().any(|x| x.address == a.addr()) {
+                n.addresses.push(GuestAddr {
+                    address: a.addr(),
+                    prefix_len: Some(a.prefix_len()),
+                    origin: AddrOrigin::Agent,
+                });
+            }
+        }
+    }
+    vm.guest = Some(v);
+}
+
+/// Reads each QEMU guest's own view through its guest agent (in parallel), and fills the
+/// vNICs' guest-side names, MTUs and addresses from it.
+pub fn attach_agent_views(state: &mut HostState) {
+    let jobs: Vec<(usize, String)> = state
+        .vms
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            v.agent
+                .as_ref()
+                .filter(|a| !a.libvirt)
+                .and_then(|a| a.socket.clone())
+                .map(|a| (i, a))
+        })
+        .collect();
+    let views: Vec<(usize, Result<GuestView, String>)> = std::thread::scope(|s| {
+        let hs: Vec<_> = jobs
+            .iter()
+            .map(|(i, path)| (*i, s.spawn(move || crate::agent::guest_view(path))))
+            .collect();
+        hs.into_iter()
+            .map(|(i, h)| {
+                (
+                    i,
+                    h.join().unwrap_or(Err("the agent reader panicked".into())),
+                )
+            })
+            .collect()
+    });
+    for (i, view) in views {
+        match view {
+            Ok(v) => apply_guest_view(&mut state.vms[i], v),
+            Err(e) => {
+                let name = state.vms[i].name.clone();
+                state.warn("agent", format!("{name}: guest agent: {e}"));
+            }
+        }
+    }
 }
 
 /// Veths whose peer lives in another namespace are vNICs of a guest named after it, unless the
@@ -392,6 +461,7 @@ fn namespace_guests(state: &mut HostState, read_guests: bool) {
             vnics: vec![],
             guest: None,
             vcpus: None,
+            agent: None,
         };
         let view = match views.get(&name) {
             Some(Ok(v)) => Some(v),

@@ -6,6 +6,7 @@
 //! It knows nothing of doctor rules or the CLI. Work in another namespace always runs on a
 //! dedicated thread that called `setns` once (namespaces are per thread).
 
+pub mod agent;
 pub mod apply;
 pub mod collect;
 pub mod netns;

@@ -137,6 +137,9 @@ pub fn parse_qemu_cmdline(pid: u32, argv: &[String], fd_taps: &HashMap<u32, Stri
     let mut devices: Vec<(String, HashMap<String, String>)> = vec![];
     let mut legacy_nics: Vec<HashMap<String, String>> = vec![];
     let mut legacy_taps: Vec<Netdev> = vec![];
+    // chardev id -> unix socket path, and the chardev the guest agent port uses
+    let mut chardevs: HashMap<String, String> = HashMap::new();
+    let mut agent_chardev: Option<String> = None;
     let mut i = 1;
     while i < argv.len() {
         let opt = argv[i].trim_start_matches('-');
@@ -174,8 +177,22 @@ pub fn parse_qemu_cmdline(pid: u32, argv: &[String], fd_taps: &HashMap<u32, Stri
             }
             "device" => {
                 let (first, m) = opts(val);
+                if first.as_deref() == Some("virtserialport")
+                    && m.get("name").map(String::as_str) == Some("org.qemu.guest_agent.0")
+                {
+                    agent_chardev = m.get("chardev").cloned();
+                }
                 if let Some(driver) = first {
                     devices.push((driver, m));
+                }
+                i += 1;
+            }
+            "chardev" => {
+                let (first, m) = opts(val);
+                if first.as_deref() == Some("socket") {
+                    if let (Some(id), Some(path)) = (m.get("id"), m.get("path")) {
+                        chardevs.insert(id.clone(), path.clone());
+                    }
                 }
                 i += 1;
             }
@@ -222,6 +239,12 @@ pub fn parse_qemu_cmdline(pid: u32, argv: &[String], fd_taps: &HashMap<u32, Stri
         i += 1;
     }
 
+    let agent = agent_chardev
+        .and_then(|c| chardevs.get(&c).cloned())
+        .map(|path| kvmnet_model::vm::AgentChannel {
+            socket: Some(path),
+            ..Default::default()
+        });
     let mut vnics = vec![];
     let mut used = vec![false; netdevs.len()];
     for (driver, m) in &devices {
@@ -258,6 +281,7 @@ pub fn parse_qemu_cmdline(pid: u32, argv: &[String], fd_taps: &HashMap<u32, Stri
         vnics,
         guest: None,
         vcpus: vcpus.or(Some(1)),
+        agent,
     }
 }
 
@@ -337,6 +361,10 @@ mod tests {
             r#"{"driver":"virtio-net-pci","netdev":"hostnet0","id":"net0","mac":"52:54:00:aa:bb:cc","bus":"pci.0"}"#.into(),
             "-nic".into(),
             "tap,ifname=tap9,model=e1000,mac=52:54:00:00:00:09".into(),
+            "-chardev".into(),
+            "socket,id=qga0,path=/run/x/db.qga,server=on,wait=off".into(),
+            "-device".into(),
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0".into(),
         ];
         let mut fds = HashMap::new();
         fds.insert(35, "vnet0".to_string());
@@ -348,6 +376,10 @@ mod tests {
         assert_eq!(vm.vnics[1].host_dev.as_deref(), Some("tap9"));
         assert_eq!(vm.vnics[1].model.as_deref(), Some("e1000"));
         assert!(is_qemu("qemu-system-x86", &a));
+        assert_eq!(
+            vm.agent.as_ref().and_then(|a| a.socket.as_deref()),
+            Some("/run/x/db.qga")
+        );
     }
 
     #[test]

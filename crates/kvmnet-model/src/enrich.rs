@@ -68,6 +68,7 @@ mod tests {
             }],
             guest: None,
             vcpus: None,
+            agent: None,
         });
         enrich(&mut s);
         let a = &s.vms[0].vnics[0].addresses;

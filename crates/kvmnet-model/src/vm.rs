@@ -249,4 +249,22 @@ pub struct Vm {
     /// Number of virtual CPUs, when known (tuning advice for multiqueue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u32>,
+    /// The VM's QEMU guest agent channel, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentChannel>,
+}
+
+/// How the QEMU guest agent of a VM is reached.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentChannel {
+    /// The host-side unix socket (a bare QEMU's `-chardev socket,path=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// libvirt owns the channel (it holds the socket): ask libvirt
+    /// (`virsh qemu-agent-command`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub libvirt: bool,
+    /// Whether an agent in the guest is connected (libvirt's `state='connected'`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected: Option<bool>,
 }

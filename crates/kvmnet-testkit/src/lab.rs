@@ -12,6 +12,7 @@
 use anyhow::Result;
 
 use crate::netns::Netns;
+use crate::qemu::{GuestImage, NicModel, QemuGuest, QemuSpec};
 
 /// How to build a lab.
 #[derive(Debug, Clone)]
@@ -61,6 +62,8 @@ pub struct Lab {
     // guests first so they are dropped before the hypervisor (order does not matter to the
     // kernel, but it keeps `ip netns` output tidy)
     pub guests: Vec<Guest>,
+    /// Real QEMU guests (stopped before the namespaces go).
+    pub vms: Vec<QemuGuest>,
     pub hv: Netns,
     pub up: Netns,
 }
@@ -82,6 +85,7 @@ impl Lab {
         let mut lab = Lab {
             spec: spec.clone(),
             guests: vec![],
+            vms: vec![],
             hv,
             up,
         };
@@ -169,6 +173,48 @@ impl Lab {
             mac,
         });
         Ok(())
+    }
+
+    /// Boots real QEMU guest number `i` (tap `tap<i>` on the bridge, address 10.0.S.(20+i),
+    /// MAC 52:54:00:01:S:i, the guest agent on) with `model`; returns once QEMU runs. Call
+    /// [`Lab::wait_vms`] before talking to it.
+    pub fn add_qemu_guest(&mut self, i: usize, model: NicModel) -> Result<()> {
+        let s = self.spec.subnet;
+        let spec = QemuSpec {
+            name: format!("vm{i}"),
+            tap: format!("tap{i}"),
+            mac: format!("52:54:00:01:{s:02x}:{i:02x}"),
+            model,
+            ip: format!("10.0.{s}.{}/24", 20 + i),
+            gateway: Some(self.gateway()),
+            mtu: None,
+            agent: true,
+        };
+        self.add_qemu(&spec)
+    }
+
+    /// Boots a QEMU guest from a full spec; the tap is created on the lab's bridge first.
+    pub fn add_qemu(&mut self, spec: &QemuSpec) -> Result<()> {
+        let image = GuestImage::get()?;
+        let hv = &self.hv;
+        hv.ip(&["tuntap", "add", "dev", &spec.tap, "mode", "tap"])?;
+        hv.ip(&["link", "set", &spec.tap, "master", &self.spec.bridge])?;
+        hv.ip(&["link", "set", &spec.tap, "up"])?;
+        self.vms.push(QemuGuest::launch(hv, &image, spec)?);
+        Ok(())
+    }
+
+    /// Waits until every QEMU guest has its network up.
+    pub fn wait_vms(&self, timeout: std::time::Duration) -> Result<()> {
+        for vm in &self.vms {
+            vm.wait_up(timeout)?;
+        }
+        Ok(())
+    }
+
+    /// The QEMU guest named `name`.
+    pub fn vm(&self, name: &str) -> Option<&QemuGuest> {
+        self.vms.iter().find(|v| v.name == name)
     }
 
     /// The gateway address guests use.

@@ -7,11 +7,14 @@
 //! no packet leaves the lab. Processes are stopped only by the PIDs this crate started.
 
 mod lab;
+pub mod libvirt;
 mod netns;
+pub mod qemu;
 pub mod synth;
 
 pub use lab::{Guest, Lab, LabSpec};
 pub use netns::{run, Netns, TcpServer};
+pub use qemu::{GuestImage, NicModel, QemuGuest, QemuSpec};
 
 /// True when running as root. Root-only tests call [`require_root`] instead.
 pub fn is_root() -> bool {

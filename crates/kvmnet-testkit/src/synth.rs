@@ -148,6 +148,7 @@ pub fn large_host(vms: usize, nics: usize, bridges: usize, rules: usize) -> Host
             vnics: vec![],
             guest: None,
             vcpus: Some(2),
+            agent: None,
         };
         for n in 0..nics {
             let k = v * nics + n;

@@ -1,10 +1,16 @@
 //! Where a command's host state comes from: the live host (a namespace of it) or a snapshot file.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use kvmnet_libvirt::virsh::Connection;
+use kvmnet_linux::agent::Agent;
 use kvmnet_linux::{collect, CollectOptions};
-use kvmnet_model::{parse_snapshot, HostState};
+use kvmnet_model::vm::VmState;
+use kvmnet_model::{parse_snapshot, HostState, Vm};
+
+/// The libvirt daemon of the collected namespace, once found (for agent calls later on).
+static LIBVIRT: OnceLock<Connection> = OnceLock::new();
 
 use crate::error::CliError;
 
@@ -27,9 +33,73 @@ pub fn collect_live(netns: Option<&str>) -> Result<HostState, CliError> {
         };
         let inv = kvmnet_libvirt::collect_libvirt(&conn);
         kvmnet_libvirt::merge_into(&mut state, inv);
+        let _ = LIBVIRT.set(conn);
+        attach_libvirt_agent_views(&mut state);
     }
     kvmnet_model::enrich::enrich(&mut state);
     Ok(state)
+}
+
+/// A session with `vm`'s guest agent: its own socket (bare QEMU) or through libvirt.
+pub fn agent_for(vm: &Vm) -> Result<Agent, String> {
+    let ch = vm.agent.as_ref().ok_or("no guest agent channel")?;
+    if ch.libvirt {
+        let conn = LIBVIRT.get().ok_or("libvirt is not reachable")?;
+        return Ok(Agent::via(Box::new(conn.agent_caller(&vm.name))));
+    }
+    let path = ch
+        .socket
+        .as_deref()
+        .ok_or("the agent socket is not known")?;
+    Agent::connect(path, std::time::Duration::from_secs(2))
+}
+
+/// Reads the guests of running libvirt domains with an agent channel through libvirt.
+fn attach_libvirt_agent_views(state: &mut HostState) {
+    let idx: Vec<usize> = state
+        .vms
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| {
+            v.guest.is_none()
+                && v.state == VmState::Running
+                && v.agent
+                    .as_ref()
+                    .is_some_and(|a| a.libvirt && a.connected != Some(false))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let views: Vec<(usize, Result<kvmnet_model::vm::GuestView, String>)> =
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = idx
+                .iter()
+                .map(|i| {
+                    let vm = &state.vms[*i];
+                    (
+                        *i,
+                        sc.spawn(move || {
+                            agent_for(vm)
+                                .and_then(|mut a| kvmnet_linux::agent::guest_view_of(&mut a))
+                        }),
+                    )
+                })
+                .collect();
+            hs.into_iter()
+                .map(|(i, h)| (i, h.join().unwrap_or(Err("agent reader panicked".into()))))
+                .collect()
+        });
+    for (i, v) in views {
+        match v {
+            Ok(v) => kvmnet_linux::collect::apply_guest_view(&mut state.vms[i], v),
+            Err(e) => {
+                let name = state.vms[i].name.clone();
+                state.warn(
+                    "agent",
+                    format!("{name}: guest agent (through libvirt): {e}"),
+                );
+            }
+        }
+    }
 }
 
 /// The state a read command works on.

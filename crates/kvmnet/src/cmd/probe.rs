@@ -1,11 +1,13 @@
 //! `doctor --probe`: runs the active probes concurrently, each on a thread inside the right
-//! namespace, and hands the results to doctor.
+//! namespace (host, namespace guests) or through the guest agent (QEMU/libvirt guests: ping and
+//! TCP connect run inside the guest with `guest-exec`), and hands the results to doctor.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use kvmnet_doctor::{ProbeKind, ProbeResult};
 use kvmnet_linux::probe::{self, ProbeOutcome};
+use kvmnet_model::vm::GuestSource;
 use kvmnet_model::{HostState, VmSource};
 
 const WAIT: Duration = Duration::from_millis(900);
@@ -81,6 +83,102 @@ fn run_job(j: &Job) -> ProbeResult {
     }
 }
 
+/// The shell line that runs one probe inside a guest (ping from iputils or busybox; TCP with
+/// nc, else bash's /dev/tcp).
+fn guest_command(kind: ProbeKind, target: IpAddr, port: Option<u16>, size: Option<u32>) -> String {
+    match kind {
+        ProbeKind::TcpConnect => {
+            let p = port.unwrap_or(0);
+            // OpenBSD nc and ncat know -z; busybox nc runs a program once connected
+            format!(
+                "h=$(nc -h 2>&1); case \"$h\" in *' -z'*) nc -z -w 2 {target} {p} ;; \
+                 *'-e PROG'*) nc -w 2 {target} {p} -e true ;; \
+                 *) timeout 2 bash -c 'exec 3<>/dev/tcp/{target}/{p}' ;; esac"
+            )
+        }
+        _ => match size {
+            Some(sz) => format!(
+                "ping -c1 -W1 -n -q -M do -s {} {target}",
+                sz.saturating_sub(28)
+            ),
+            None => format!("ping -c1 -W1 -n -q {target}"),
+        },
+    }
+}
+
+/// Runs one VM's probes, one after another, through its guest agent (it serves one client at
+/// a time). Returns the results, or why the guest could not be probed.
+fn run_agent_jobs(vm: &kvmnet_model::Vm, jobs: &[&Job]) -> Result<Vec<ProbeResult>, String> {
+    let mut agent = crate::source::agent_for(vm)?;
+    let wait = Duration::from_secs(6);
+    let mut out = vec![];
+    for j in jobs {
+        let mut size = None;
+        let (ok, detail) = match j.kind {
+            ProbeKind::PathMtu => {
+                let (code, text) =
+                    agent.exec(&guest_command(j.kind, j.target, None, Some(j.mtu)), wait)?;
+                if text.contains("invalid option") || text.contains("unrecognized option") {
+                    // a ping that cannot set DF: path MTU is not measurable from this guest
+                    continue;
+                }
+                if code == 0 {
+                    size = Some(j.mtu);
+                    (true, format!("{}-byte DF echo answered", j.mtu))
+                } else {
+                    for s in [1500u32, 1472, 1400, 1280, 576]
+                        .into_iter()
+                        .filter(|s| *s < j.mtu)
+                    {
+                        if agent
+                            .exec(&guest_command(j.kind, j.target, None, Some(s)), wait)?
+                            .0
+                            == 0
+                        {
+                            size = Some(s);
+                            break;
+                        }
+                    }
+                    (
+                        false,
+                        format!("{}-byte DF echo failed ({})", j.mtu, last_line(&text)),
+                    )
+                }
+            }
+            kind => {
+                let (code, text) =
+                    agent.exec(&guest_command(kind, j.target, j.port, None), wait)?;
+                let detail = match (kind, code) {
+                    (ProbeKind::TcpConnect, 0) => "connected (from inside the guest)".to_string(),
+                    (_, 0) => "echo reply (from inside the guest)".to_string(),
+                    _ if text.to_lowercase().contains("refused") => "connection refused".into(),
+                    _ => format!("no answer from inside the guest ({})", last_line(&text)),
+                };
+                (code == 0, detail)
+            }
+        };
+        out.push(ProbeResult {
+            from: j.from.clone(),
+            kind: j.kind,
+            target: j.target,
+            port: j.port,
+            ok,
+            detail,
+            macs: vec![],
+            size,
+        });
+    }
+    Ok(out)
+}
+
+fn last_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("no output")
+        .to_string()
+}
+
 /// Plans and runs the probes; returns their results and notes about what was not probed.
 pub fn run_probes(
     s: &HostState,
@@ -89,6 +187,8 @@ pub fn run_probes(
     vms: &[String],
 ) -> (Vec<ProbeResult>, Vec<String>) {
     let mut jobs = vec![];
+    // jobs run through a guest agent, by agent socket
+    let mut agent_jobs: Vec<(String, kvmnet_model::Vm, Vec<Job>)> = vec![];
     let mut notes = vec![];
     // from the host
     if let Some(r) = s.default_route(false) {
@@ -114,14 +214,26 @@ pub fn run_probes(
         .iter()
         .filter(|v| vms.is_empty() || vms.contains(&v.name))
     {
-        if vm.source != VmSource::Netns || vm.netns.is_none() {
-            notes.push(format!(
-                "{}: not probed from inside: probes into QEMU/libvirt guests need the guest agent",
-                vm.name
-            ));
-            continue;
-        }
+        let via_agent = match (&vm.agent, &vm.guest) {
+            _ if vm.source == VmSource::Netns && vm.netns.is_some() => None,
+            (Some(_), Some(g)) if g.source == GuestSource::Agent => Some(vm.clone()),
+            (Some(_), _) => {
+                notes.push(format!(
+                    "{}: not probed from inside: its guest agent does not answer",
+                    vm.name
+                ));
+                continue;
+            }
+            (None, _) => {
+                notes.push(format!(
+                    "{}: not probed from inside: no guest agent (add a qemu-guest-agent channel to the domain)",
+                    vm.name
+                ));
+                continue;
+            }
+        };
         let Some(g) = &vm.guest else { continue };
+        let mut vm_jobs = vec![];
         for n in &vm.vnics {
             let Some(gi) = n.guest_ifname.as_deref() else {
                 continue;
@@ -149,29 +261,58 @@ pub fn run_probes(
                 ifname: Some(gi.to_string()),
                 mtu: iface.mtu.unwrap_or(1500),
             };
-            jobs.push(mk(ProbeKind::Dad, IpAddr::V4(own), None));
+            // ARP needs a raw socket on the guest's interface: namespace guests only
+            if via_agent.is_none() {
+                vm_jobs.push(mk(ProbeKind::Dad, IpAddr::V4(own), None));
+            }
             if let Some(gw) = gw {
-                jobs.push(mk(ProbeKind::Arp, gw, None));
-                jobs.push(mk(ProbeKind::Ping, gw, None));
+                if via_agent.is_none() {
+                    vm_jobs.push(mk(ProbeKind::Arp, gw, None));
+                }
+                vm_jobs.push(mk(ProbeKind::Ping, gw, None));
             }
             if let Some(t) = target {
-                jobs.push(mk(ProbeKind::Ping, t, None));
-                jobs.push(mk(ProbeKind::PathMtu, t, None));
+                vm_jobs.push(mk(ProbeKind::Ping, t, None));
+                vm_jobs.push(mk(ProbeKind::PathMtu, t, None));
                 if let Some(p) = port {
-                    jobs.push(mk(ProbeKind::TcpConnect, t, Some(p)));
+                    vm_jobs.push(mk(ProbeKind::TcpConnect, t, Some(p)));
                 }
             }
-            let _ = Ipv4Addr::UNSPECIFIED;
+        }
+        match via_agent {
+            Some(path) => agent_jobs.push((vm.name.clone(), path, vm_jobs)),
+            None => jobs.extend(vm_jobs),
         }
     }
-    if jobs.len() > 4 && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!("kvmnet: running {} probes...", jobs.len());
+    let total = jobs.len() + agent_jobs.iter().map(|a| a.2.len()).sum::<usize>();
+    if total > 4 && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!("kvmnet: running {total} probes...");
     }
-    let results = std::thread::scope(|sc| {
+    let (mut results, agent_results) = std::thread::scope(|sc| {
         let hs: Vec<_> = jobs.iter().map(|j| sc.spawn(move || run_job(j))).collect();
-        hs.into_iter()
-            .filter_map(|h| h.join().ok())
-            .collect::<Vec<_>>()
+        let ahs: Vec<_> = agent_jobs
+            .iter()
+            .map(|(name, vm, js)| {
+                sc.spawn(move || {
+                    let refs: Vec<&Job> = js.iter().collect();
+                    (name.clone(), run_agent_jobs(vm, &refs))
+                })
+            })
+            .collect();
+        (
+            hs.into_iter()
+                .filter_map(|h| h.join().ok())
+                .collect::<Vec<_>>(),
+            ahs.into_iter()
+                .filter_map(|h| h.join().ok())
+                .collect::<Vec<_>>(),
+        )
     });
+    for (vm, r) in agent_results {
+        match r {
+            Ok(r) => results.extend(r),
+            Err(e) => notes.push(format!("{vm}: not probed from inside: guest agent: {e}")),
+        }
+    }
     (results, notes)
 }

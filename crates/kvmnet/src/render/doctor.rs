@@ -100,10 +100,19 @@ pub fn render_report(s: &HostState, r: &Report, color: bool) -> String {
         }
         let _ = writeln!(out);
     }
+    if !r.probes.is_empty() {
+        let failed = r.probes.iter().filter(|p| !p.ok).count();
+        let _ = writeln!(
+            out,
+            "probes: {} run, {} answered, {failed} failed",
+            r.probes.len(),
+            r.probes.len() - failed
+        );
+    }
     for sk in &r.skipped {
         let _ = writeln!(out, "note: {sk}");
     }
-    if !r.skipped.is_empty() {
+    if !r.skipped.is_empty() || !r.probes.is_empty() {
         let _ = writeln!(out);
     }
     let _ = writeln!(out, "{}", heading("Verdicts", color));

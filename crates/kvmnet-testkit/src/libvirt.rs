@@ -216,8 +216,13 @@ pub fn domain_xml(
     dir: &Path,
 ) -> String {
     let d = dir.display();
+    let kind = if crate::qemu::accel() == "kvm" {
+        "kvm"
+    } else {
+        "qemu"
+    };
     format!(
-        "<domain type='qemu'>
+        "<domain type='{kind}'>
   <name>{name}</name>
   <memory unit='MiB'>128</memory>
   <vcpu>1</vcpu>

@@ -6,9 +6,8 @@
 //! serial port and serves a shell command channel on the second one (a unix socket here).
 //!
 //! QEMU runs inside the hypervisor namespace (`ip netns exec`), so its `-netdev tap` attaches to
-//! a tap of that namespace. Acceleration is TCG: this host's /dev/kvm is a nested PVM that stock
-//! guest kernels hang under (set `KVMNET_QEMU_ACCEL=kvm` where KVM really works). Every guest is
-//! stopped by the PID QEMU wrote to its own pidfile, never by name.
+//! a tap of that namespace. Acceleration is KVM where it really works, else TCG (see
+//! [`accel`]). Every guest is stopped by the PID QEMU wrote to its own pidfile, never by name.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -87,6 +86,25 @@ impl GuestImage {
     }
 }
 
+/// The QEMU accelerator for test guests: `KVMNET_QEMU_ACCEL` when set; else `kvm` when
+/// /dev/kvm exists and the CPU has hardware virtualisation (vmx/svm), which stock guest kernels
+/// need (a nested PVM host offers /dev/kvm without it, and they hang there); else `tcg`.
+pub fn accel() -> String {
+    if let Ok(a) = std::env::var("KVMNET_QEMU_ACCEL") {
+        return a;
+    }
+    let hw = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
+        c.lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+    });
+    if hw && Path::new("/dev/kvm").exists() {
+        "kvm".into()
+    } else {
+        "tcg".into()
+    }
+}
+
 /// The guest's emulated NIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NicModel {
@@ -125,7 +143,7 @@ pub struct QemuGuest {
 impl QemuGuest {
     /// The QEMU command line for `spec`, with its files under `dir`.
     pub fn command_line(image: &GuestImage, spec: &QemuSpec, dir: &Path) -> Vec<String> {
-        let accel = std::env::var("KVMNET_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
+        let accel = accel();
         let mut append = format!(
             "console=ttyS0 quiet panic=-1 kvmnet.name={} kvmnet.ip={}",
             spec.name, spec.ip

@@ -303,3 +303,44 @@ pub fn find_libvirt_daemon(procs: &[ProcInfo], netns_ino: u64) -> Option<Libvirt
             }
         })
 }
+
+/// Local addresses of established TCP sessions to an SSH server in the calling thread's
+/// namespace (local port 22, or a port sshd listens on): the management path an apply must
+/// not cut.
+pub fn ssh_session_addresses(sshd_ports: &[u16]) -> Vec<IpAddr> {
+    let mut out = vec![];
+    for (file, v6) in [("tcp", false), ("tcp6", true)] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 || f[3] != "01" {
+                continue;
+            }
+            let Some((addr, port)) = f[1].split_once(':') else {
+                continue;
+            };
+            let Ok(port) = u16::from_str_radix(port, 16) else {
+                continue;
+            };
+            if port != 22 && !sshd_ports.contains(&port) {
+                continue;
+            }
+            let ip = if v6 {
+                parse_v6(addr).map(|a| match a.to_ipv4_mapped() {
+                    Some(v4) => IpAddr::V4(v4),
+                    None => IpAddr::V6(a),
+                })
+            } else {
+                parse_v4(addr).map(IpAddr::V4)
+            };
+            if let Some(ip) = ip.filter(|i| !i.is_loopback()) {
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+    }
+    out
+}

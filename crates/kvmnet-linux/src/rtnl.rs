@@ -37,8 +37,18 @@ impl RtSocket {
 
     /// Sends a change request and waits for the kernel's acknowledgement.
     pub fn execute(&mut self, msg: RouteNetlinkMessage, what: &'static str) -> Result<(), Error> {
+        self.execute_flags(msg, 0, what)
+    }
+
+    /// [`RtSocket::execute`] with extra header flags (`NLM_F_CREATE | NLM_F_EXCL` to create).
+    pub fn execute_flags(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        what: &'static str,
+    ) -> Result<(), Error> {
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | netlink_packet_core::NLM_F_ACK;
+        header.flags = NLM_F_REQUEST | netlink_packet_core::NLM_F_ACK | flags;
         self.seq = self.seq.wrapping_add(1);
         header.sequence_number = self.seq;
         let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));

@@ -852,7 +852,64 @@ fn handle_text(h: u32) -> String {
     }
 }
 
-/// Dumps qdiscs; `tbf` rates are decoded.
+/// Decodes a `tbf` qdisc's TCA_OPTIONS (nested attributes): (rate in bit/s, burst in bytes).
+/// TCA_TBF_PARMS (1) is `struct tc_tbf_qopt`: rate.rate (bytes/s) at offset 8, buffer (the
+/// burst as transmit time, in 64 ns scheduler ticks) at offset 28; TCA_TBF_RATE64 (4) carries
+/// rates of 4 GB/s and more.
+fn decode_tbf(v: &[u8]) -> (Option<u64>, Option<u32>) {
+    let mut rate: Option<u64> = None;
+    let mut buffer_ticks: Option<u32> = None;
+    let mut off = 0;
+    while off + 4 <= v.len() {
+        let len = usize::from(u16::from_ne_bytes([v[off], v[off + 1]]));
+        let kind = u16::from_ne_bytes([v[off + 2], v[off + 3]]) & 0x3fff;
+        if len < 4 || off + len > v.len() {
+            break;
+        }
+        let body = &v[off + 4..off + len];
+        match kind {
+            1 if body.len() >= 32 => {
+                if let Some(r) = ne_u32(&body[8..]) {
+                    rate = rate.or(Some(u64::from(r)));
+                }
+                buffer_ticks = ne_u32(&body[28..]);
+            }
+            4 if body.len() >= 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&body[..8]);
+                rate = Some(u64::from_ne_bytes(b));
+            }
+            _ => {}
+        }
+        off += (len + 3) & !3;
+    }
+    let ns_per_tick = psched_ns_per_tick();
+    let burst = match (rate, buffer_ticks) {
+        (Some(r), Some(t)) => {
+            let bytes = (r as f64) * f64::from(t) * ns_per_tick / 1e9;
+            Some(bytes.round() as u32)
+        }
+        _ => None,
+    };
+    (rate.map(|r| r * 8), burst)
+}
+
+/// Nanoseconds per packet-scheduler tick (/proc/net/psched: NSEC_PER_USEC and the ns of one
+/// tick; 64 on current kernels).
+fn psched_ns_per_tick() -> f64 {
+    std::fs::read_to_string("/proc/net/psched")
+        .ok()
+        .and_then(|t| {
+            let mut w = t.split_whitespace();
+            let _ = w.next()?;
+            u32::from_str_radix(w.next()?, 16).ok()
+        })
+        .filter(|v| *v > 0)
+        .map(f64::from)
+        .unwrap_or(64.0)
+}
+
+/// Dumps qdiscs; `tbf` rates and bursts are decoded.
 pub(crate) fn dump_qdiscs(
     sock: &mut RtSocket,
     names: &HashMap<u32, String>,
@@ -869,28 +926,22 @@ pub(crate) fn dump_qdiscs(
         };
         let mut kind = String::new();
         let mut rate = None;
+        let mut burst = None;
+        // the kind comes first in the kernel's message; options are decoded by kind
+        for a in &q.attributes {
+            if let TcAttribute::Kind(k) = a {
+                kind = k.clone();
+            }
+        }
         for a in &q.attributes {
             match a {
                 TcAttribute::Kind(k) => kind = k.clone(),
-                TcAttribute::Options(opts) => {
+                TcAttribute::Options(opts) if kind == "tbf" => {
                     for o in opts {
                         if let TcOption::Other(nla) = o {
-                            let v = nla_bytes(nla);
-                            // TCA_TBF_PARMS = 1: struct tc_tbf_qopt, rate.rate at offset 8
-                            // TCA_TBF_RATE64 = 4: u64 bytes/s
-                            match nla.kind() {
-                                1 if v.len() >= 12 => {
-                                    if let Some(r) = ne_u32(&v[8..]) {
-                                        rate = rate.or(Some(u64::from(r) * 8));
-                                    }
-                                }
-                                4 if v.len() >= 8 => {
-                                    let mut b = [0u8; 8];
-                                    b.copy_from_slice(&v[..8]);
-                                    rate = Some(u64::from_ne_bytes(b) * 8);
-                                }
-                                _ => {}
-                            }
+                            let (r, b) = decode_tbf(&nla_bytes(nla));
+                            rate = r.or(rate);
+                            burst = b.or(burst);
                         }
                     }
                 }
@@ -908,7 +959,7 @@ pub(crate) fn dump_qdiscs(
             handle: handle_text(handle),
             parent: handle_text(parent),
             rate_bps: if kind == "tbf" { rate } else { None },
-            burst_bytes: None,
+            burst_bytes: if kind == "tbf" { burst } else { None },
         });
     }
     Ok(out)

@@ -25,6 +25,47 @@ pub enum PlanStep {
     AddMasquerade { subnet: IpNet, oifname: String },
     /// Remove a masquerade rule kvmnet added.
     DelMasquerade { subnet: IpNet, oifname: String },
+    /// Create a Linux bridge (down; a later step sets it up).
+    CreateBridge {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtu: Option<u32>,
+        #[serde(default)]
+        stp: bool,
+    },
+    /// Delete a link kvmnet created.
+    DeleteLink { name: String },
+    /// Turn a bridge's kernel STP on or off.
+    SetBridgeStp { name: String, stp: bool },
+    /// Add an address (with its prefix) to a link.
+    AddAddress { ifname: String, address: IpNet },
+    /// Remove an address from a link.
+    DelAddress { ifname: String, address: IpNet },
+    /// Replace one of kvmnet's own nftables tables as a whole, in one atomic transaction.
+    ReplaceNftTable {
+        family: String,
+        name: String,
+        /// The table's body as `nft -f` takes it (`table FAMILY NAME { ... }`).
+        script: String,
+    },
+    /// Delete one of kvmnet's own nftables tables.
+    DeleteNftTable { family: String, name: String },
+    /// Shape traffic toward a guest: a `tbf` root qdisc on its tap.
+    SetRateLimit {
+        ifname: String,
+        rate_bps: u64,
+        burst_bytes: u32,
+    },
+    /// Remove the root qdisc kvmnet put on a tap (back to the kernel's default).
+    DelRateLimit { ifname: String },
+    /// (Re)start the dnsmasq serving DHCP/DNS for a network, with this configuration.
+    StartDhcp {
+        network: String,
+        bridge: String,
+        config: String,
+    },
+    /// Stop the dnsmasq kvmnet runs for a network.
+    StopDhcp { network: String },
 }
 
 impl PlanStep {
@@ -43,7 +84,89 @@ impl PlanStep {
             PlanStep::DelMasquerade { subnet, oifname } => {
                 format!("nft inet kvmnet: remove masquerade {subnet} out of {oifname}")
             }
+            PlanStep::CreateBridge { name, mtu, stp } => format!(
+                "create bridge {name}{}{}",
+                mtu.map(|m| format!(" mtu {m}")).unwrap_or_default(),
+                if *stp { " stp on" } else { "" }
+            ),
+            PlanStep::DeleteLink { name } => format!("delete link {name}"),
+            PlanStep::SetBridgeStp { name, stp } => {
+                format!("bridge {name} stp {}", if *stp { "on" } else { "off" })
+            }
+            PlanStep::AddAddress { ifname, address } => format!("address {address} on {ifname}"),
+            PlanStep::DelAddress { ifname, address } => {
+                format!("remove address {address} from {ifname}")
+            }
+            PlanStep::ReplaceNftTable {
+                family,
+                name,
+                script,
+            } => format!(
+                "nft table {family} {name}: load {} rule{}",
+                count_rules(script),
+                if count_rules(script) == 1 { "" } else { "s" }
+            ),
+            PlanStep::DeleteNftTable { family, name } => {
+                format!("nft: delete table {family} {name}")
+            }
+            PlanStep::SetRateLimit {
+                ifname,
+                rate_bps,
+                burst_bytes,
+            } => format!(
+                "rate limit toward {ifname}: {} burst {}",
+                human_rate(*rate_bps),
+                human_size(*burst_bytes)
+            ),
+            PlanStep::DelRateLimit { ifname } => format!("remove rate limit on {ifname}"),
+            PlanStep::StartDhcp {
+                network, bridge, ..
+            } => format!("start DHCP/DNS (dnsmasq) for network {network} on {bridge}"),
+            PlanStep::StopDhcp { network } => {
+                format!("stop DHCP/DNS (dnsmasq) of network {network}")
+            }
         }
+    }
+}
+
+/// Rules in an nft script: lines inside chains that are not chain headers, sets or comments.
+fn count_rules(script: &str) -> usize {
+    script
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with('#')
+                && !l.starts_with("table ")
+                && !l.starts_with("chain ")
+                && !l.starts_with("type ")
+                && !l.starts_with("set ")
+                && !l.starts_with("elements ")
+                && !l.starts_with("flags ")
+                && *l != "}"
+                && *l != "{"
+        })
+        .count()
+}
+
+/// `100 Mbit/s`-style rate.
+pub fn human_rate(bps: u64) -> String {
+    match bps {
+        b if b >= 1_000_000_000 && b % 1_000_000_000 == 0 => {
+            format!("{} Gbit/s", b / 1_000_000_000)
+        }
+        b if b >= 1_000_000 => format!("{} Mbit/s", b / 1_000_000),
+        b if b >= 1_000 => format!("{} kbit/s", b / 1_000),
+        b => format!("{b} bit/s"),
+    }
+}
+
+/// `64 KiB`-style size.
+pub fn human_size(bytes: u32) -> String {
+    match bytes {
+        b if b >= 1024 * 1024 && b % (1024 * 1024) == 0 => format!("{} MiB", b / 1024 / 1024),
+        b if b >= 1024 && b % 1024 == 0 => format!("{} KiB", b / 1024),
+        b => format!("{b} bytes"),
     }
 }
 

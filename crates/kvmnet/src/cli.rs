@@ -63,6 +63,119 @@ kvmnet doctor --target 203.0.113.1      test reachability of this outside addres
 kvmnet doctor --from host.json          diagnose a snapshot (a support ticket)"
     )]
     Doctor(DoctorArgs),
+    /// Show the steps that would bring the host to a desired state (changes nothing).
+    #[command(
+        after_help = "Exit codes: 0 no change needed (or changes, without --detailed-exitcode), 3 changes \
+pending with --detailed-exitcode, 2 bad configuration.\n\nExamples:\n  kvmnet plan -f net.yaml\n  \
+kvmnet plan -f /etc/kvmnet/ --detailed-exitcode      a directory of *.yaml files\n  kvmnet plan -f net.yaml --netns hv1 --json"
+    )]
+    Plan(PlanArgs),
+    /// Bring the host to a desired state: journaled, verified, rolled back on any failure.
+    #[command(
+        after_help = "Every step's inverse is written to a journal under /run/kvmnet before the step runs; \
+the result is verified by collecting the host again; on any failure everything is undone (exit 4). \
+An apply interrupted by a crash is undone by the next apply or rollback.\n\n\
+Exit codes: 0 applied (or nothing to do), 2 bad configuration or conflict with the host, 4 failed and rolled back.\n\n\
+Examples:\n  kvmnet apply -f net.yaml\n  kvmnet apply -f net.yaml --confirm-timeout 120   keep only if `kvmnet confirm` runs in time\n  \
+kvmnet apply -f net.yaml --netns hv1"
+    )]
+    Apply(ApplyArgs),
+    /// Keep the last apply made with --confirm-timeout.
+    #[command(after_help = "Examples:\n  kvmnet confirm\n  kvmnet confirm --netns hv1")]
+    Confirm(NetnsArgs),
+    /// Undo the last apply (and any apply a crash interrupted).
+    #[command(after_help = "Examples:\n  kvmnet rollback\n  kvmnet rollback --netns hv1")]
+    Rollback(NetnsArgs),
+    /// Write the host's bridges and VM attachments as a desired-state file.
+    #[command(
+        after_help = "Planning the imported file right away shows no change.\n\nExamples:\n  \
+kvmnet import > net.yaml\n  kvmnet import --netns hv1 -o net.yaml\n  kvmnet import --from host.json"
+    )]
+    Import(ImportArgs),
+    /// Export a network of a desired-state file in another tool's format.
+    #[command(
+        after_help = "Examples:\n  kvmnet export libvirt lan -f net.yaml > lan.xml\n  virsh net-define lan.xml"
+    )]
+    Export(ExportArgs),
+    /// (internal) rolls back an unconfirmed apply when its time is up.
+    #[command(hide = true, name = "confirm-watchdog")]
+    ConfirmWatchdog(WatchdogArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The desired state: a YAML file or a directory of them.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Plan for this network namespace (a name under /run/netns) instead of our own.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Exit 3 when there are changes to apply.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Plan even a change that would cut the SSH session kvmnet runs in.
+    #[arg(long)]
+    pub force: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The desired state: a YAML file or a directory of them.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Apply to this network namespace (a name under /run/netns) instead of our own.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Roll back by itself unless `kvmnet confirm` runs within this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub confirm_timeout: Option<u64>,
+    /// Apply even a change that would cut the SSH session kvmnet runs in.
+    #[arg(long)]
+    pub force: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NetnsArgs {
+    /// Act on this network namespace (a name under /run/netns) instead of our own.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Write to this file instead of standard output.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The format: libvirt (a network definition for `virsh net-define`).
+    #[arg(value_parser = ["libvirt"])]
+    pub format: String,
+    /// The network to export.
+    pub network: String,
+    /// The desired state holding the network.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchdogArgs {
+    #[arg(long)]
+    pub netns: Option<String>,
+    #[arg(long)]
+    pub seconds: u64,
+    #[arg(long)]
+    pub token: String,
 }
 
 #[derive(Debug, Args)]

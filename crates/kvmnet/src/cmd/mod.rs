@@ -1,5 +1,6 @@
 //! Command dispatch.
 
+mod config;
 mod doctor;
 mod probe;
 mod show;
@@ -17,5 +18,12 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Snapshot(a) => snapshot::run(a),
         Command::Trace(a) => trace::run(a, color),
         Command::Doctor(a) => doctor::run(a, color),
+        Command::Plan(a) => config::plan(a),
+        Command::Apply(a) => config::apply(a),
+        Command::Confirm(a) => config::confirm(a),
+        Command::Rollback(a) => config::rollback(a),
+        Command::Import(a) => config::import(a),
+        Command::Export(a) => config::export(a),
+        Command::ConfirmWatchdog(a) => config::watchdog(a),
     }
 }

@@ -1,0 +1,573 @@
+//! The planner: desired state + the collected host + what kvmnet owns -> typed steps in a
+//! deterministic order. Removals of what kvmnet owns and no longer wants come first (in
+//! reverse dependency order), then creations and changes. Objects that exist already and were
+//! not made by kvmnet are used but never removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use kvmnet_model::plan::PlanStep;
+use kvmnet_model::{HostState, LinkKind};
+use serde::{Deserialize, Serialize};
+
+use crate::desired::Desired;
+use crate::render::{self, TABLE};
+use crate::schema::NetworkType;
+
+/// What kvmnet created or changed on a host (kept in its runtime directory), so it removes
+/// only its own objects.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owned {
+    /// Bridges kvmnet created.
+    #[serde(default)]
+    pub bridges: BTreeSet<String>,
+    /// Addresses kvmnet added: (interface, address/prefix).
+    #[serde(default)]
+    pub addresses: BTreeSet<(String, IpNet)>,
+    /// Interfaces kvmnet put into a bridge: interface -> bridge.
+    #[serde(default)]
+    pub ports: BTreeMap<String, String>,
+    /// Taps with a rate limit kvmnet set.
+    #[serde(default)]
+    pub rate_limits: BTreeSet<String>,
+    /// Networks whose dnsmasq kvmnet runs.
+    #[serde(default)]
+    pub dhcp: BTreeSet<String>,
+    /// kvmnet's nftables tables ("inet kvmnet_cfg") -> hash of the script loaded.
+    #[serde(default)]
+    pub nft_tables: BTreeMap<String, String>,
+    /// Sysctls kvmnet changed -> their value before.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+}
+
+/// What the planner looks at besides the desired state.
+#[derive(Debug)]
+pub struct Observed<'a> {
+    pub state: &'a HostState,
+    pub owned: &'a Owned,
+    /// The configuration of each kvmnet dnsmasq that is running, by network.
+    pub dhcp: &'a BTreeMap<String, String>,
+    /// The local address and interface of the management (SSH) session, when there is one.
+    pub management: Option<(IpAddr, String)>,
+    /// Whether the kernel can tag VLANs on a Linux bridge (`vlan_filtering`).
+    pub vlan_capable: bool,
+}
+
+/// A plan.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub steps: Vec<PlanStep>,
+    /// What kvmnet owns once the plan is applied.
+    pub owned: Owned,
+    /// Things the plan cannot do yet, and why (a tap that does not exist yet).
+    pub notes: Vec<String>,
+}
+
+/// Why a desired state cannot be planned on this host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("refusing: {0} (this would cut the session kvmnet runs in; --force to do it anyway)")]
+    Management(String),
+}
+
+fn fnv(s: &str) -> String {
+    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+/// The uplink each nat/routed network uses: the one named, else the default route's device.
+pub fn uplinks(d: &Desired, s: &HostState) -> BTreeMap<String, Option<String>> {
+    let default_dev = s
+        .default_route(false)
+        .and_then(|r| r.devices().first().map(|d| d.to_string()));
+    d.networks
+        .iter()
+        .filter(|n| matches!(n.kind, NetworkType::Nat | NetworkType::Routed))
+        .map(|n| (n.name.clone(), n.uplink.clone().or(default_dev.clone())))
+        .collect()
+}
+
+/// NAT networks whose subnet another table already masquerades (or SNATs): a masquerade or
+/// snat rule in a nat postrouting chain of a table kvmnet does not own that names the subnet.
+pub fn external_nat(d: &Desired, s: &HostState) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for n in d.networks.iter().filter(|n| n.kind == NetworkType::Nat) {
+        let Some(subnet) = n.subnet else { continue };
+        let needle = subnet.to_string();
+        let found = s
+            .nftables
+            .tables
+            .iter()
+            .filter(|t| t.name != TABLE)
+            .any(|t| {
+                t.chains
+                    .iter()
+                    .filter(|c| c.hook.as_ref().is_some_and(|h| h.hook == "postrouting"))
+                    .any(|c| {
+                        c.rules.iter().any(|r| {
+                            let text = kvmnet_model::nft_text::rule_text(t, r);
+                            (text.contains("masquerade") || text.contains("snat"))
+                                && text.contains(&needle)
+                        })
+                    })
+            });
+        if found {
+            out.insert(n.name.clone());
+        }
+    }
+    out
+}
+
+fn rate_matches(have: Option<u64>, want: u64) -> bool {
+    have.is_some_and(|h| (h as f64 - want as f64).abs() <= want as f64 * 0.01)
+}
+
+fn burst_matches(have: Option<u32>, want: u32) -> bool {
+    have.is_some_and(|h| (f64::from(h) - f64::from(want)).abs() <= f64::from(want) * 0.05 + 64.0)
+}
+
+/// Plans `d` against the observed host.
+pub fn plan(d: &Desired, o: &Observed, force: bool) -> Result<Plan, PlanError> {
+    let s = o.state;
+    let mut p = Plan {
+        owned: o.owned.clone(),
+        ..Default::default()
+    };
+    let mut steps = vec![];
+    let link = |n: &str| s.link(n);
+
+    // what the desired state wants, keyed like Owned
+    let want_bridges: BTreeSet<String> = d.networks.iter().map(|n| n.bridge.clone()).collect();
+    let mut want_addrs: BTreeSet<(String, IpNet)> = BTreeSet::new();
+    for n in &d.networks {
+        if let Some(g) = n.gateway {
+            want_addrs.insert((n.bridge.clone(), g));
+        }
+        if let Some(v6) = n.ipv6 {
+            want_addrs.insert((n.bridge.clone(), v6));
+        }
+    }
+    let mut want_ports: BTreeMap<String, String> = BTreeMap::new();
+    for n in &d.networks {
+        for port in &n.ports {
+            want_ports.insert(port.clone(), n.bridge.clone());
+        }
+    }
+    for v in &d.vnics {
+        if let Some(n) = d.network(&v.network) {
+            want_ports.insert(v.tap.clone(), n.bridge.clone());
+        }
+    }
+    let want_rate: BTreeSet<String> = d
+        .vnics
+        .iter()
+        .filter(|v| v.qos.is_some())
+        .map(|v| v.tap.clone())
+        .collect();
+    let want_dhcp: BTreeMap<String, (String, String)> = d
+        .networks
+        .iter()
+        .filter_map(|n| render::dnsmasq_conf(n).map(|c| (n.name.clone(), (n.bridge.clone(), c))))
+        .collect();
+    let ups = uplinks(d, s);
+    let ext = external_nat(d, s);
+    for n in &ext {
+        p.notes.push(format!(
+            "network `{n}`: the host already masquerades its subnet (another tool's rule): kvmnet adds no second one"
+        ));
+    }
+    let mut want_tables: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(t) = render::inet_table(
+        d,
+        &ups,
+        &ext,
+        s.sysctls.ip_forward == Some(true)
+            || d.networks
+                .iter()
+                .any(|n| matches!(n.kind, NetworkType::Nat | NetworkType::Routed)),
+    ) {
+        want_tables.insert(format!("inet {TABLE}"), t);
+    }
+    if let Some(t) = render::bridge_table(d) {
+        want_tables.insert(format!("bridge {TABLE}"), t);
+    }
+
+    // VLAN tags need a bridge that can filter VLANs
+    if let Some(v) = d.vnics.iter().find(|v| v.vlan.is_some()) {
+        if !o.vlan_capable {
+            return Err(PlanError::Conflict(format!(
+                "vm `{}` ({}): VLAN {} needs 802.1Q filtering on the Linux bridge (vlan_filtering), which this kernel lacks (CONFIG_BRIDGE_VLAN_FILTERING)",
+                v.vm,
+                v.tap,
+                v.vlan.unwrap_or(0)
+            )));
+        }
+    }
+
+    // ---- removals of what kvmnet owns and no longer wants
+    for net in o.owned.dhcp.iter() {
+        if !want_dhcp.contains_key(net) {
+            steps.push(PlanStep::StopDhcp {
+                network: net.clone(),
+            });
+            p.owned.dhcp.remove(net);
+        }
+    }
+    for key in o.owned.nft_tables.keys() {
+        if !want_tables.contains_key(key) {
+            if let Some((family, name)) = key.split_once(' ') {
+                steps.push(PlanStep::DeleteNftTable {
+                    family: family.into(),
+                    name: name.into(),
+                });
+            }
+            p.owned.nft_tables.remove(key);
+        }
+    }
+    for tap in o.owned.rate_limits.iter() {
+        if !want_rate.contains(tap) {
+            if link(tap).is_some() {
+                steps.push(PlanStep::DelRateLimit {
+                    ifname: tap.clone(),
+                });
+            }
+            p.owned.rate_limits.remove(tap);
+        }
+    }
+    for (ifname, bridge) in o.owned.ports.iter() {
+        if want_ports.get(ifname) != Some(bridge) {
+            let still = link(ifname).and_then(|l| l.master.as_deref()) == Some(bridge.as_str());
+            // a port of a bridge that goes away is released with it
+            let bridge_goes = o.owned.bridges.contains(bridge) && !want_bridges.contains(bridge);
+            if still && !want_ports.contains_key(ifname) && !bridge_goes {
+                steps.push(PlanStep::NoMaster {
+                    ifname: ifname.clone(),
+                });
+            }
+            p.owned.ports.remove(ifname);
+        }
+    }
+    for (ifname, a) in o.owned.addresses.iter() {
+        if !want_addrs.contains(&(ifname.clone(), *a)) {
+            let present = s
+                .addresses_of(ifname)
+                .any(|x| x.address == a.addr() && x.prefix_len == a.prefix_len());
+            let bridge_goes = o.owned.bridges.contains(ifname) && !want_bridges.contains(ifname);
+            if present && !bridge_goes {
+                steps.push(PlanStep::DelAddress {
+                    ifname: ifname.clone(),
+                    address: *a,
+                });
+            }
+            p.owned.addresses.remove(&(ifname.clone(), *a));
+        }
+    }
+    for b in o.owned.bridges.iter() {
+        if !want_bridges.contains(b) {
+            if link(b).is_some() {
+                steps.push(PlanStep::DeleteLink { name: b.clone() });
+            }
+            p.owned.bridges.remove(b);
+        }
+    }
+
+    // ---- sysctls
+    let forwarding = d
+        .networks
+        .iter()
+        .any(|n| matches!(n.kind, NetworkType::Nat | NetworkType::Routed));
+    let v6_forwarding = d
+        .networks
+        .iter()
+        .any(|n| matches!(n.kind, NetworkType::Nat | NetworkType::Routed) && n.ipv6.is_some());
+    let mut sysctl = |key: &str, want: bool, have: Option<bool>, steps: &mut Vec<PlanStep>| {
+        if want {
+            if have != Some(true) {
+                steps.push(PlanStep::SetSysctl {
+                    key: key.into(),
+                    value: "1".into(),
+                });
+                p.owned
+                    .sysctls
+                    .entry(key.to_string())
+                    .or_insert_with(|| if have == Some(false) { "0" } else { "1" }.to_string());
+            }
+        } else if let Some(orig) = o.owned.sysctls.get(key) {
+            if have != Some(orig == "1") {
+                steps.push(PlanStep::SetSysctl {
+                    key: key.into(),
+                    value: orig.clone(),
+                });
+            }
+            p.owned.sysctls.remove(key);
+        }
+    };
+    sysctl(
+        "net.ipv4.ip_forward",
+        forwarding,
+        s.sysctls.ip_forward,
+        &mut steps,
+    );
+    sysctl(
+        "net.ipv6.conf.all.forwarding",
+        v6_forwarding,
+        s.sysctls.ipv6_forwarding,
+        &mut steps,
+    );
+    // an uplink with forwarding switched off on its own
+    for up in ups.values().flatten() {
+        if forwarding && s.sysctls.ip_forward == Some(true) {
+            if let Some(false) = s.sysctls.interfaces.get(up).and_then(|i| i.forwarding) {
+                let key = format!("net.ipv4.conf.{up}.forwarding");
+                steps.push(PlanStep::SetSysctl {
+                    key: key.clone(),
+                    value: "1".into(),
+                });
+                p.owned.sysctls.entry(key).or_insert_with(|| "0".into());
+            }
+        }
+    }
+
+    // ---- networks: bridges, their ports, addresses, up
+    for n in &d.networks {
+        match link(&n.bridge) {
+            None => {
+                steps.push(PlanStep::CreateBridge {
+                    name: n.bridge.clone(),
+                    mtu: n.mtu,
+                    stp: n.stp,
+                });
+                p.owned.bridges.insert(n.bridge.clone());
+            }
+            Some(l) if l.kind != LinkKind::Bridge => {
+                return Err(PlanError::Conflict(format!(
+                    "network `{}`: {} exists and is a {} link, not a bridge",
+                    n.name,
+                    n.bridge,
+                    l.kind.as_str()
+                )))
+            }
+            Some(l) => {
+                let stp_on = l.bridge.as_ref().is_some_and(|b| b.stp_state != 0);
+                if stp_on != n.stp {
+                    steps.push(PlanStep::SetBridgeStp {
+                        name: n.bridge.clone(),
+                        stp: n.stp,
+                    });
+                }
+                if let Some(m) = n.mtu {
+                    if l.mtu != m {
+                        steps.push(PlanStep::SetMtu {
+                            ifname: n.bridge.clone(),
+                            mtu: m,
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(u) = ups.get(&n.name).cloned().flatten() {
+            if link(&u).is_none() {
+                return Err(PlanError::Conflict(format!(
+                    "network `{}`: uplink {u} does not exist",
+                    n.name
+                )));
+            }
+        } else if n.kind == NetworkType::Nat {
+            p.notes.push(format!(
+                "network `{}`: no uplink given and no default route: masquerading out of any interface",
+                n.name
+            ));
+        }
+        for port in &n.ports {
+            let Some(l) = link(port) else {
+                return Err(PlanError::Conflict(format!(
+                    "network `{}`: port {port} does not exist",
+                    n.name
+                )));
+            };
+            if let Some(m) = &o.management {
+                if &m.1 == port && !force {
+                    return Err(PlanError::Management(format!(
+                        "network `{}` puts {port} into bridge {}, but {port} carries this session's address {}: its address would stop working",
+                        n.name, n.bridge, m.0
+                    )));
+                }
+            }
+            if l.master.as_deref() != Some(n.bridge.as_str()) {
+                if let Some(other) = &l.master {
+                    return Err(PlanError::Conflict(format!(
+                        "network `{}`: port {port} is already in {other}",
+                        n.name
+                    )));
+                }
+                steps.push(PlanStep::SetMaster {
+                    ifname: port.clone(),
+                    master: n.bridge.clone(),
+                });
+                p.owned.ports.insert(port.clone(), n.bridge.clone());
+            }
+            if !l.admin_up {
+                steps.push(PlanStep::LinkUp {
+                    ifname: port.clone(),
+                });
+            }
+        }
+        for a in [n.gateway, n.ipv6].into_iter().flatten() {
+            let present = s
+                .addresses_of(&n.bridge)
+                .any(|x| x.address == a.addr() && x.prefix_len == a.prefix_len());
+            if !present {
+                // the same address elsewhere on the host would answer ARP for both
+                if let Some(other) = s
+                    .addresses
+                    .iter()
+                    .find(|x| x.address == a.addr() && x.ifname != n.bridge)
+                {
+                    return Err(PlanError::Conflict(format!(
+                        "network `{}`: address {} is already on {}",
+                        n.name,
+                        a.addr(),
+                        other.ifname
+                    )));
+                }
+                steps.push(PlanStep::AddAddress {
+                    ifname: n.bridge.clone(),
+                    address: a,
+                });
+                p.owned.addresses.insert((n.bridge.clone(), a));
+            }
+        }
+        if link(&n.bridge).is_none_or(|l| !l.admin_up) {
+            steps.push(PlanStep::LinkUp {
+                ifname: n.bridge.clone(),
+            });
+        }
+    }
+
+    // ---- vNICs
+    for v in &d.vnics {
+        let Some(n) = d.network(&v.network) else {
+            continue;
+        };
+        let Some(l) = link(&v.tap) else {
+            p.notes.push(format!(
+                "vm `{}`: {} does not exist yet; run apply again once the VM runs",
+                v.vm, v.tap
+            ));
+            continue;
+        };
+        if let (Some(m), Some(mac)) = (&l.mac, &v.mac) {
+            // the host side of a tap has its own MAC; a veth's peer carries the guest's: only
+            // an identical MAC on the host side is a sign of a mix-up
+            if m == mac && l.kind == LinkKind::Tap {
+                p.notes.push(format!(
+                    "vm `{}`: the host side {} has the guest's MAC {mac}",
+                    v.vm, v.tap
+                ));
+            }
+        }
+        let mtu = v.mtu.or(n.mtu);
+        if let Some(m) = mtu {
+            if l.mtu != m {
+                steps.push(PlanStep::SetMtu {
+                    ifname: v.tap.clone(),
+                    mtu: m,
+                });
+            }
+        }
+        if l.master.as_deref() != Some(n.bridge.as_str()) {
+            steps.push(PlanStep::SetMaster {
+                ifname: v.tap.clone(),
+                master: n.bridge.clone(),
+            });
+            p.owned.ports.insert(v.tap.clone(), n.bridge.clone());
+        }
+        if !l.admin_up {
+            steps.push(PlanStep::LinkUp {
+                ifname: v.tap.clone(),
+            });
+        }
+        if let Some((rate, burst)) = v.qos {
+            let q = s
+                .qdiscs
+                .iter()
+                .find(|q| q.ifname == v.tap && q.parent == "root");
+            let ok = q.is_some_and(|q| {
+                q.kind == "tbf"
+                    && rate_matches(q.rate_bps, rate)
+                    && burst_matches(q.burst_bytes, burst)
+            });
+            if !ok {
+                steps.push(PlanStep::SetRateLimit {
+                    ifname: v.tap.clone(),
+                    rate_bps: rate,
+                    burst_bytes: burst,
+                });
+            }
+            p.owned.rate_limits.insert(v.tap.clone());
+        }
+    }
+
+    // ---- nftables: one atomic replace per table whose content changed
+    for (key, script) in &want_tables {
+        let h = fnv(script);
+        let (family, name) = key.split_once(' ').unwrap_or(("inet", TABLE));
+        let present = s
+            .nftables
+            .tables
+            .iter()
+            .any(|t| t.family.as_str() == family && t.name == name);
+        if !(present && o.owned.nft_tables.get(key) == Some(&h)) {
+            steps.push(PlanStep::ReplaceNftTable {
+                family: family.into(),
+                name: name.into(),
+                script: script.clone(),
+            });
+        }
+        p.owned.nft_tables.insert(key.clone(), h);
+    }
+
+    // ---- DHCP
+    for (net, (bridge, conf)) in &want_dhcp {
+        let running = o
+            .dhcp
+            .get(net)
+            .is_some_and(|c| c.starts_with(conf.as_str()));
+        if !running {
+            steps.push(PlanStep::StartDhcp {
+                network: net.clone(),
+                bridge: bridge.clone(),
+                config: conf.clone(),
+            });
+        }
+        p.owned.dhcp.insert(net.clone());
+    }
+
+    // ---- the management guard over every removal
+    if let (Some((addr, ifname)), false) = (&o.management, force) {
+        for st in &steps {
+            let hit = match st {
+                PlanStep::DelAddress { ifname: i, address } => {
+                    i == ifname && address.addr() == *addr
+                }
+                PlanStep::DeleteLink { name } => name == ifname,
+                PlanStep::LinkDown { ifname: i } | PlanStep::NoMaster { ifname: i } => i == ifname,
+                _ => false,
+            };
+            if hit {
+                return Err(PlanError::Management(format!(
+                    "`{}` would remove or move {addr} on {ifname}",
+                    st.describe()
+                )));
+            }
+        }
+    }
+    p.steps = steps;
+    Ok(p)
+}

@@ -571,3 +571,166 @@ pub fn plan(d: &Desired, o: &Observed, force: bool) -> Result<Plan, PlanError> {
     p.steps = steps;
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{validate, Config};
+    use kvmnet_model::ip::{Address, Route, RouteKind, RT_TABLE_MAIN};
+    use kvmnet_model::Link;
+
+    fn desired(y: &str) -> Desired {
+        let mut c = Config::default();
+        c.add_source("t.yaml".into(), y.to_string()).unwrap();
+        validate(&c).unwrap()
+    }
+
+    fn host() -> HostState {
+        let mut s = HostState::default();
+        let mut up = Link::new(2, "uplink", LinkKind::Veth);
+        up.admin_up = true;
+        s.links.push(up);
+        for (i, n) in ["vnet1", "vnet2"].iter().enumerate() {
+            let mut l = Link::new(3 + i as u32, n, LinkKind::Tap);
+            l.admin_up = false;
+            s.links.push(l);
+        }
+        s.addresses.push(Address {
+            ifname: "uplink".into(),
+            ifindex: 2,
+            address: "198.51.100.2".parse().unwrap(),
+            prefix_len: 24,
+            scope: "global".into(),
+            flags: vec![],
+        });
+        s.routes.push(Route {
+            table: RT_TABLE_MAIN,
+            dst: "0.0.0.0/0".parse().unwrap(),
+            gateway: Some("198.51.100.1".parse().unwrap()),
+            dev: Some("uplink".into()),
+            prefsrc: None,
+            metric: None,
+            kind: RouteKind::Unicast,
+            protocol: "boot".into(),
+            scope: "global".into(),
+            nexthops: vec![],
+            mtu: None,
+        });
+        s.sysctls.ip_forward = Some(false);
+        s
+    }
+
+    const NAT: &str = "networks:\n  - name: lan\n    type: nat\n    bridge: kvbr0\n    subnet: 10.10.0.0/24\nvnics:\n  - vm: a\n    tap: vnet1\n    network: lan\n";
+
+    fn obs<'a>(
+        s: &'a HostState,
+        owned: &'a Owned,
+        dhcp: &'a BTreeMap<String, String>,
+    ) -> Observed<'a> {
+        Observed {
+            state: s,
+            owned,
+            dhcp,
+            management: None,
+            vlan_capable: false,
+        }
+    }
+
+    #[test]
+    fn a_nat_network_from_scratch_in_dependency_order() {
+        let s = host();
+        let (o, dh) = (Owned::default(), BTreeMap::new());
+        let p = plan(&desired(NAT), &obs(&s, &o, &dh), false).unwrap();
+        let d: Vec<String> = p.steps.iter().map(|x| x.describe()).collect();
+        assert_eq!(
+            d,
+            [
+                "sysctl net.ipv4.ip_forward = 1",
+                "create bridge kvbr0",
+                "address 10.10.0.1/24 on kvbr0",
+                "link kvbr0 up",
+                "link vnet1 master kvbr0",
+                "link vnet1 up",
+                "nft table inet kvmnet_cfg: load 1 rule",
+            ]
+        );
+        let PlanStep::ReplaceNftTable { script, .. } = &p.steps[6] else {
+            panic!()
+        };
+        // the uplink comes from the default route
+        assert!(
+            script.contains(
+                "ip saddr 10.10.0.0/24 ip daddr != 10.10.0.0/24 oifname \"uplink\" masquerade"
+            ),
+            "{script}"
+        );
+        assert!(p.owned.bridges.contains("kvbr0"));
+        assert_eq!(
+            p.owned
+                .sysctls
+                .get("net.ipv4.ip_forward")
+                .map(String::as_str),
+            Some("0")
+        );
+    }
+
+    #[test]
+    fn dropping_the_network_removes_only_what_kvmnet_made() {
+        let s = host();
+        let (o0, dh) = (Owned::default(), BTreeMap::new());
+        let first = plan(&desired(NAT), &obs(&s, &o0, &dh), false).unwrap();
+        // the host as the first plan left it
+        let mut s2 = host();
+        let mut br = Link::new(9, "kvbr0", LinkKind::Bridge);
+        br.admin_up = true;
+        s2.links.push(br);
+        s2.sysctls.ip_forward = Some(true);
+        let p = plan(
+            &desired("networks: []\n"),
+            &obs(&s2, &first.owned, &dh),
+            false,
+        )
+        .unwrap();
+        let d: Vec<String> = p.steps.iter().map(|x| x.describe()).collect();
+        assert_eq!(
+            d,
+            [
+                "nft: delete table inet kvmnet_cfg",
+                "delete link kvbr0",
+                "sysctl net.ipv4.ip_forward = 0",
+            ]
+        );
+        assert_eq!(p.owned, Owned::default());
+        // a bridge kvmnet did not make is never deleted
+        let p = plan(&desired("networks: []\n"), &obs(&s2, &o0, &dh), false).unwrap();
+        assert!(p.steps.is_empty(), "{:?}", p.steps);
+    }
+
+    #[test]
+    fn foreign_masquerade_is_respected_and_conflicts_are_refused() {
+        let mut s = host();
+        // a non-bridge of the same name
+        s.links.push(Link::new(9, "kvbr0", LinkKind::Veth));
+        let (o, dh) = (Owned::default(), BTreeMap::new());
+        let e = plan(&desired(NAT), &obs(&s, &o, &dh), false).unwrap_err();
+        assert!(e.to_string().contains("not a bridge"), "{e}");
+        // a VLAN where the bridge cannot tag
+        let s = host();
+        let y = NAT.replace("network: lan\n", "network: lan\n    vlan: 10\n");
+        let e = plan(&desired(&y), &obs(&s, &o, &dh), false).unwrap_err();
+        assert!(e.to_string().contains("vlan_filtering"), "{e}");
+    }
+
+    #[test]
+    fn the_management_session_is_guarded() {
+        let s = host();
+        let (o, dh) = (Owned::default(), BTreeMap::new());
+        let mut ob = obs(&s, &o, &dh);
+        ob.management = Some(("198.51.100.2".parse().unwrap(), "uplink".into()));
+        let y =
+            "networks:\n  - name: wan\n    type: bridged\n    bridge: kvbr1\n    ports: [uplink]\n";
+        let e = plan(&desired(y), &ob, false).unwrap_err();
+        assert!(matches!(e, PlanError::Management(_)), "{e}");
+        assert!(plan(&desired(y), &ob, true).is_ok());
+    }
+}

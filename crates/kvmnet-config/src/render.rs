@@ -176,9 +176,14 @@ pub fn inet_table(
             }
         };
         let _ = net;
-        // traffic toward these guests from elsewhere (a network's own guests talk freely)
+        // routed traffic toward these guests from outside their network: guests of one
+        // network talk freely (bridged frames reach this hook only with br_netfilter, so
+        // rules on them would depend on a sysctl)
         let to = match daddr {
-            Some(ip) => format!("oifname \"{br}\" {} daddr {ip} ", family_of(&ip)),
+            Some(ip) => format!(
+                "oifname \"{br}\" iifname != \"{br}\" {} daddr {ip} ",
+                family_of(&ip)
+            ),
             None => format!("oifname \"{br}\" iifname != \"{br}\" "),
         };
         let _ = writeln!(

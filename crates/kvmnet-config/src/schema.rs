@@ -173,7 +173,8 @@ fn default_proto() -> Spanned<String> {
     Spanned::new("tcp".into(), here, here)
 }
 
-/// Firewall rules for forwarded traffic to a network or to one VM.
+/// Firewall rules for routed traffic toward a network's guests, or one VM, from outside its
+/// network (guests of one network talk to each other freely).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FirewallDef {

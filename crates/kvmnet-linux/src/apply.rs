@@ -988,6 +988,7 @@ pub fn apply_plan_with(
                     k.execute(step)?;
                     k.verify(step)
                 });
+            stall_for_tests(i + 1);
             if let Err(reason) = outcome {
                 let n = done.len().saturating_sub(1);
                 return Err(match undo(&mut k, &done) {
@@ -1017,6 +1018,18 @@ pub fn apply_plan_with(
         journal,
         recovered,
     })
+}
+
+/// Fault injection for the crash tests: with `KVMNET_TEST_STALL_AFTER_STEP=N`, the apply
+/// stops for a minute after step N, so a test can kill it there.
+fn stall_for_tests(done: usize) {
+    if std::env::var("KVMNET_TEST_STALL_AFTER_STEP")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        == Some(done)
+    {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
 }
 
 /// What a rollback did.

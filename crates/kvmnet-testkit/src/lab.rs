@@ -24,6 +24,10 @@ pub struct LabSpec {
     pub subnet: u8,
     /// Masquerade guest traffic out of the uplink (an nft table `ip kvmlab`).
     pub nat: bool,
+    /// Build the hypervisor's bridge and attach the guests. Without it the hypervisor has
+    /// only its uplink and the guests' veths lie unattached (and down) in it, for a test that
+    /// configures the host itself.
+    pub configure_host: bool,
 }
 
 impl Default for LabSpec {
@@ -33,6 +37,7 @@ impl Default for LabSpec {
             bridge: "br0".into(),
             subnet: 0,
             nat: true,
+            configure_host: true,
         }
     }
 }
@@ -92,6 +97,13 @@ impl Lab {
         let s = spec.subnet;
         let br = spec.bridge.as_str();
         let hv = &lab.hv;
+        if !spec.configure_host {
+            lab.uplink()?;
+            for i in 1..=spec.guests {
+                lab.add_guest(i)?;
+            }
+            return Ok(lab);
+        }
         hv.ip(&["link", "add", br, "type", "bridge"])?;
         // pin the bridge MAC: otherwise it follows the lowest port MAC and changes with ports
         hv.ip(&[
@@ -103,25 +115,8 @@ impl Lab {
         ])?;
         hv.ip(&["addr", "add", &format!("10.0.{s}.1/24"), "dev", br])?;
         hv.ip(&["link", "set", br, "up"])?;
-        hv.ip(&[
-            "link",
-            "add",
-            "uplink",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "down0",
-            "netns",
-            lab.up.name(),
-        ])?;
-        hv.ip(&["addr", "add", "198.51.100.2/24", "dev", "uplink"])?;
-        hv.ip(&["link", "set", "uplink", "up"])?;
-        lab.up
-            .ip(&["addr", "add", "198.51.100.1/24", "dev", "down0"])?;
-        lab.up.ip(&["addr", "add", "203.0.113.1/32", "dev", "lo"])?;
-        lab.up.ip(&["link", "set", "down0", "up"])?;
-        hv.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
+        lab.uplink()?;
+        let hv = &lab.hv;
         hv.sysctl("net.ipv4.ip_forward", "1")?;
         if spec.nat {
             hv.nft(&format!(
@@ -132,6 +127,32 @@ impl Lab {
             lab.add_guest(i)?;
         }
         Ok(lab)
+    }
+
+    /// The hypervisor's uplink to the upstream namespace, and its default route.
+    fn uplink(&self) -> Result<()> {
+        let hv = &self.hv;
+        hv.ip(&[
+            "link",
+            "add",
+            "uplink",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "down0",
+            "netns",
+            self.up.name(),
+        ])?;
+        hv.ip(&["addr", "add", "198.51.100.2/24", "dev", "uplink"])?;
+        hv.ip(&["link", "set", "uplink", "up"])?;
+        self.up
+            .ip(&["addr", "add", "198.51.100.1/24", "dev", "down0"])?;
+        self.up
+            .ip(&["addr", "add", "203.0.113.1/32", "dev", "lo"])?;
+        self.up.ip(&["link", "set", "down0", "up"])?;
+        hv.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
+        Ok(())
     }
 
     /// Adds guest number `i` (namespace `<prefix>-g<i>`, veth `vnet<i>` on the bridge).
@@ -159,9 +180,11 @@ impl Lab {
             "netns",
             ns.name(),
         ])?;
-        self.hv
-            .ip(&["link", "set", &dev, "master", &self.spec.bridge])?;
-        self.hv.ip(&["link", "set", &dev, "up"])?;
+        if self.spec.configure_host {
+            self.hv
+                .ip(&["link", "set", &dev, "master", &self.spec.bridge])?;
+            self.hv.ip(&["link", "set", &dev, "up"])?;
+        }
         ns.ip(&["link", "set", "eth0", "address", &mac])?;
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;

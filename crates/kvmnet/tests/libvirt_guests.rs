@@ -110,9 +110,8 @@ fn libvirt_network_and_domains_are_seen_and_diagnosed() {
     // the upstream only: libvirt brings its own bridge, NAT rules and DHCP
     let lab = Lab::build(LabSpec {
         guests: 0,
-        nat: false,
-        bridge: "lab0".into(),
-        subnet: 200,
+        configure_host: false,
+        ..Default::default()
     })
     .unwrap();
     let image = GuestImage::get().unwrap();

@@ -214,15 +214,49 @@ impl Kernel {
         Ok(None)
     }
 
+    /// Sends one link change; the kernel's acknowledgement means it took effect, and the
+    /// cached row is updated from the change itself (the whole result is compared by
+    /// collecting again after the apply).
     fn set_link(&mut self, name: &str, f: impl FnOnce(&mut LinkMessage)) -> Result<(), String> {
         let index = self.row(name)?.index;
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         f(&mut msg);
+        let (flags, mask) = (msg.header.flags, msg.header.change_mask);
+        let attrs = msg.attributes.clone();
         self.sock
             .execute(RouteNetlinkMessage::SetLink(msg), "set link")
             .map_err(|e| e.to_string())?;
-        self.refresh(name)?;
+        let master_name = |i: u32, links: &HashMap<String, Row>| {
+            links
+                .iter()
+                .find(|(_, r)| r.index == i)
+                .map(|(n, _)| n.clone())
+        };
+        let new_master = attrs.iter().find_map(|a| match a {
+            LinkAttribute::Controller(i) => Some(*i),
+            _ => None,
+        });
+        let master = new_master.map(|i| {
+            if i == 0 {
+                None
+            } else {
+                master_name(i, &self.links)
+            }
+        });
+        if let Some(row) = self.links.get_mut(name) {
+            if mask.contains(LinkFlags::Up) {
+                row.up = flags.contains(LinkFlags::Up);
+            }
+            for a in &attrs {
+                if let LinkAttribute::Mtu(m) = a {
+                    row.mtu = *m;
+                }
+            }
+            if let Some(m) = master {
+                row.master = m;
+            }
+        }
         Ok(())
     }
 
@@ -857,7 +891,8 @@ fn tc(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// The journal of one apply: a JSON line per step, written (and synced) before the step runs.
+/// The journal of one apply: the boot it belongs to, then a JSON line per step with its
+/// inverse, written before the step runs.
 struct Journal {
     path: PathBuf,
     file: std::fs::File,
@@ -874,7 +909,9 @@ impl Journal {
         std::fs::create_dir_all(dir)
             .map_err(|e| ApplyError::Journal(dir.display().to_string(), e))?;
         let path = dir.join("journal.jsonl");
-        let file = std::fs::File::create(&path)
+        let mut file = std::fs::File::create(&path)
+            .map_err(|e| ApplyError::Journal(path.display().to_string(), e))?;
+        file.write_all(format!("{{\"boot\":\"{}\"}}\n", boot_id()).as_bytes())
             .map_err(|e| ApplyError::Journal(path.display().to_string(), e))?;
         Ok(Journal { path, file })
     }
@@ -885,9 +922,10 @@ impl Journal {
             kvmnet_model::plan::to_json(step),
             kvmnet_model::plan::to_json_list(inverse)
         );
+        // written before the step, not synced: a killed process leaves it in the page cache,
+        // and a reboot (which could lose it) also discards every change it describes
         self.file
             .write_all(line.as_bytes())
-            .and_then(|_| self.file.sync_data())
             .map_err(|e| ApplyError::Journal(self.path.display().to_string(), e))
     }
 
@@ -897,6 +935,26 @@ impl Journal {
         let _ = std::fs::rename(&self.path, &last);
         last
     }
+}
+
+/// This boot's id: kernel network state does not survive a reboot, so neither does a journal.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// True when a journal was written during this boot.
+fn same_boot(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        })
+        .and_then(|v| v.get("boot").and_then(|b| b.as_str().map(String::from)))
+        .is_some_and(|b| b == boot_id())
 }
 
 fn read_journal(path: &Path) -> Result<Vec<JournalLine>, String> {
@@ -922,6 +980,11 @@ pub struct ApplyReport {
 fn recover_in(k: &mut Kernel) -> Result<usize, String> {
     let path = k.dir.join("journal.jsonl");
     if !path.exists() {
+        return Ok(0);
+    }
+    if !same_boot(&path) {
+        // from before a reboot: the changes it describes are gone with that boot
+        let _ = std::fs::rename(&path, k.dir.join("stale.jsonl"));
         return Ok(0);
     }
     let lines = read_journal(&path)?;
@@ -1052,6 +1115,9 @@ pub fn rollback_last(netns: Option<&str>) -> Result<RollbackReport, ApplyError> 
         }
         let last = dir.join("last.jsonl");
         let mut undone = 0;
+        if last.exists() && !same_boot(&last) {
+            let _ = std::fs::rename(&last, dir.join("stale.jsonl"));
+        }
         if last.exists() {
             let lines = read_journal(&last).map_err(ApplyError::Other)?;
             undone = lines.len();

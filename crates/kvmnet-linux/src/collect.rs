@@ -27,6 +27,9 @@ pub struct CollectOptions {
     pub guests: bool,
     /// Read nftables (the expensive part on large rulesets).
     pub nftables: bool,
+    /// Scan processes and sockets (VM discovery, tap holders, listening sockets). Planning a
+    /// configuration does not need them.
+    pub processes: bool,
 }
 
 impl CollectOptions {
@@ -36,6 +39,18 @@ impl CollectOptions {
             netns,
             guests: true,
             nftables: true,
+            processes: true,
+        }
+    }
+
+    /// What planning a configuration reads: links, addresses, routes, qdiscs, sysctls and
+    /// nftables; no processes, sockets or guests.
+    pub fn config(netns: Option<String>) -> CollectOptions {
+        CollectOptions {
+            netns,
+            guests: false,
+            nftables: true,
+            processes: false,
         }
     }
 }
@@ -71,6 +86,7 @@ fn collect_kernel(
     procs: &[ProcInfo],
     own_id: (u64, u64),
     netns: Option<&str>,
+    sockets: bool,
 ) -> Result<Kernel, Error> {
     let mut t = PhaseTimer::new();
     let mut sock = RtSocket::open()?;
@@ -114,7 +130,9 @@ fn collect_kernel(
         .filter(|p| p.netns_ino == Some(own_id.1))
         .cloned()
         .collect();
-    state.sockets = procfs::listen_sockets(&local);
+    if sockets {
+        state.sockets = procfs::listen_sockets(&local);
+    }
     t.mark("sockets");
     // nsids of every named namespace, as this namespace numbers them
     let mut nsids = HashMap::new();
@@ -225,7 +243,11 @@ pub fn collect(opts: &CollectOptions) -> Result<Collected, Error> {
         None => netns_id(None)?,
     };
     let mut t = PhaseTimer::new();
-    let procs = procfs::scan_processes(true);
+    let procs = if opts.processes {
+        procfs::scan_processes(true)
+    } else {
+        vec![]
+    };
     t.mark("processes");
     // nf_tables is dumped on its own thread (in the same namespace) while rtnetlink is read:
     // on a large ruleset it is the longest part.
@@ -233,7 +255,9 @@ pub fn collect(opts: &CollectOptions) -> Result<Collected, Error> {
         let nft = opts
             .nftables
             .then(|| sc.spawn(|| run_in_netns(netns, crate::nft::dump_ruleset)));
-        let kernel = run_in_netns(netns, || collect_kernel(&procs, own_id, netns));
+        let kernel = run_in_netns(netns, || {
+            collect_kernel(&procs, own_id, netns, opts.processes)
+        });
         (kernel, nft.map(|h| h.join()))
     });
     let Kernel { mut state, nsids } = kernel??;

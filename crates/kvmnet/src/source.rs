@@ -102,6 +102,11 @@ fn attach_libvirt_agent_views(state: &mut HostState) {
     }
 }
 
+/// The host as configuration planning sees it (no processes, sockets, VMs or guests): fast.
+pub fn collect_for_config(netns: Option<&str>) -> Result<HostState, CliError> {
+    Ok(collect(&CollectOptions::config(netns.map(String::from)))?.state)
+}
+
 /// The state a read command works on.
 pub fn load(netns: Option<&str>, from: Option<&Path>) -> Result<HostState, CliError> {
     match from {

@@ -559,10 +559,11 @@ fn a_killed_apply_is_undone_and_the_next_apply_converges() {
         .join(format!("ns-{}", l.lab.hv.name()))
         .join("journal.jsonl");
     let t = Instant::now();
+    // a header line, then a line per step
     while std::fs::read_to_string(&journal)
         .map(|j| j.lines().count())
         .unwrap_or(0)
-        < 5
+        < 6
     {
         assert!(
             t.elapsed() < Duration::from_secs(20),

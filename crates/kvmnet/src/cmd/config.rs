@@ -60,7 +60,7 @@ fn observe_and_plan(
     owned: &Owned,
     force: bool,
 ) -> Result<(HostState, Plan), CliError> {
-    let state = crate::source::collect_live(netns)?;
+    let state = crate::source::collect_for_config(netns)?;
     let mut dhcp = std::collections::BTreeMap::new();
     let nets: std::collections::BTreeSet<&str> = d
         .networks
@@ -74,13 +74,15 @@ fn observe_and_plan(
             dhcp.insert(n.to_string(), conf);
         }
     }
-    let sshd_ports: Vec<u16> = state
-        .sockets
-        .iter()
-        .filter(|s| s.proto == "tcp" && s.process.as_ref().is_some_and(|p| p.name == "sshd"))
-        .map(|s| s.port)
+    // SSH sessions: port 22, and the server port of the session kvmnet runs in
+    let sshd_ports: Vec<u16> = std::env::var("SSH_CONNECTION")
+        .ok()
+        .and_then(|v| v.split_whitespace().nth(3).and_then(|p| p.parse().ok()))
+        .into_iter()
         .collect();
-    let management = apply::management_addresses(netns, &sshd_ports)
+    let management = (!force)
+        .then(|| apply::management_addresses(netns, &sshd_ports))
+        .unwrap_or_default()
         .into_iter()
         .find_map(|ip: IpAddr| {
             state

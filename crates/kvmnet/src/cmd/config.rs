@@ -80,17 +80,18 @@ fn observe_and_plan(
         .and_then(|v| v.split_whitespace().nth(3).and_then(|p| p.parse().ok()))
         .into_iter()
         .collect();
-    let management = (!force)
-        .then(|| apply::management_addresses(netns, &sshd_ports))
-        .unwrap_or_default()
-        .into_iter()
-        .find_map(|ip: IpAddr| {
-            state
-                .addresses
-                .iter()
-                .find(|a| a.address == ip)
-                .map(|a| (ip, a.ifname.clone()))
-        });
+    let sessions = if force {
+        vec![]
+    } else {
+        apply::management_addresses(netns, &sshd_ports)
+    };
+    let management = sessions.into_iter().find_map(|ip: IpAddr| {
+        state
+            .addresses
+            .iter()
+            .find(|a| a.address == ip)
+            .map(|a| (ip, a.ifname.clone()))
+    });
     let vlan_capable =
         !d.vnics.iter().any(|v| v.vlan.is_some()) || apply::bridge_vlan_filtering_supported();
     let obs = Observed {

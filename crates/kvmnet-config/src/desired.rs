@@ -55,6 +55,7 @@ pub struct DhcpHost {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vnic {
     pub vm: String,
+    /// The host-side device; empty until the plan finds it from the running VM.
     pub tap: String,
     pub network: String,
     pub mac: Option<MacAddr>,
@@ -633,22 +634,33 @@ pub fn validate(cfg: &Config) -> Result<Desired, ConfigError> {
 
     // vNICs
     let mut taps: BTreeSet<String> = BTreeSet::new();
+    let mut by_vm: BTreeSet<(String, Option<String>)> = BTreeSet::new();
     for (src, f) in &cfg.files {
         let src = *src;
         for v in &f.vnics {
-            check_ifname(&v.tap.value).map_err(|e| cfg.error(src, &v.tap, e))?;
-            if !taps.insert(v.tap.value.clone()) {
+            // where to point at this vNIC: its tap, or else its VM
+            let at: &Spanned<String> = v.tap.as_ref().unwrap_or(&v.vm);
+            let tap_name = v.tap.as_ref().map(|t| t.value.clone()).unwrap_or_default();
+            if let Some(t) = &v.tap {
+                check_ifname(&t.value).map_err(|e| cfg.error(src, t, e))?;
+                if !taps.insert(t.value.clone()) {
+                    return Err(cfg.error(src, t, format!("tap {} is attached twice", t.value)));
+                }
+                if bridge_of.contains_key(&t.value) {
+                    return Err(cfg.error(
+                        src,
+                        t,
+                        format!("{} is a network's bridge, not a vNIC", t.value),
+                    ));
+                }
+            } else if !by_vm.insert((v.vm.value.clone(), v.mac.as_ref().map(|m| m.value.clone()))) {
                 return Err(cfg.error(
                     src,
-                    &v.tap,
-                    format!("tap {} is attached twice", v.tap.value),
-                ));
-            }
-            if bridge_of.contains_key(&v.tap.value) {
-                return Err(cfg.error(
-                    src,
-                    &v.tap,
-                    format!("{} is a network's bridge, not a vNIC", v.tap.value),
+                    &v.vm,
+                    format!(
+                        "vm `{}` has two vNICs without `tap`: give each its `mac` (or its tap)",
+                        v.vm.value
+                    ),
                 ));
             }
             let Some(net) = d.network(&v.network.value).cloned() else {
@@ -662,14 +674,11 @@ pub fn validate(cfg: &Config) -> Result<Desired, ConfigError> {
                     ),
                 ));
             };
-            if net.ports.contains(&v.tap.value) {
+            if net.ports.contains(&tap_name) {
                 return Err(cfg.error(
                     src,
-                    &v.tap,
-                    format!(
-                        "{} is already a port of network `{}`",
-                        v.tap.value, net.name
-                    ),
+                    at,
+                    format!("{tap_name} is already a port of network `{}`", net.name),
                 ));
             }
             let mac = v.mac.as_ref().map(|m| parse_mac(cfg, src, m)).transpose()?;
@@ -689,7 +698,7 @@ pub fn validate(cfg: &Config) -> Result<Desired, ConfigError> {
                         ));
                     }
                 } else {
-                    macs.insert(mac, format!("vm `{}` ({})", v.vm.value, v.tap.value));
+                    macs.insert(mac, format!("vm `{}`", v.vm.value));
                 }
             }
             if let Some(ip) = &v.ip {
@@ -726,7 +735,7 @@ pub fn validate(cfg: &Config) -> Result<Desired, ConfigError> {
                         ));
                     }
                 } else {
-                    ips.insert(ip.value, format!("vm `{}` ({})", v.vm.value, v.tap.value));
+                    ips.insert(ip.value, format!("vm `{}`", v.vm.value));
                 }
             }
             let mtu = v.mtu.as_ref().map(|m| check_mtu(cfg, src, m)).transpose()?;
@@ -759,13 +768,13 @@ pub fn validate(cfg: &Config) -> Result<Desired, ConfigError> {
             if v.antispoof && (mac.is_none() || v.ip.is_none()) {
                 return Err(cfg.error(
                     src,
-                    &v.tap,
+                    at,
                     "antispoof needs the vNIC's `mac` and `ip`: they are what may leave the tap",
                 ));
             }
             d.vnics.push(Vnic {
                 vm: v.vm.value.clone(),
-                tap: v.tap.value.clone(),
+                tap: tap_name,
                 network: net.name.clone(),
                 mac,
                 ip: v.ip.as_ref().map(|i| i.value),

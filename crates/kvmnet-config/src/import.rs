@@ -240,7 +240,9 @@ pub fn to_yaml(d: &Desired, header: &str) -> String {
     }
     for v in &d.vnics {
         let _ = writeln!(y, "  - vm: {}", q(&v.vm));
-        let _ = writeln!(y, "    tap: {}", q(&v.tap));
+        if !v.tap.is_empty() {
+            let _ = writeln!(y, "    tap: {}", q(&v.tap));
+        }
         let _ = writeln!(y, "    network: {}", q(&v.network));
         if let Some(m) = v.mac {
             let _ = writeln!(y, "    mac: \"{m}\"");

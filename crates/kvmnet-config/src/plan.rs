@@ -93,11 +93,16 @@ pub fn uplinks(d: &Desired, s: &HostState) -> BTreeMap<String, Option<String>> {
         .collect()
 }
 
-/// NAT networks whose subnet another table already masquerades (or SNATs): a masquerade or
-/// snat rule in a nat postrouting chain of a table kvmnet does not own that names the subnet.
+/// Networks (nat or routed) whose subnet another table already masquerades (or SNATs): a
+/// masquerade or snat rule in a postrouting chain of a table kvmnet does not own that names
+/// the subnet.
 pub fn external_nat(d: &Desired, s: &HostState) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for n in d.networks.iter().filter(|n| n.kind == NetworkType::Nat) {
+    for n in d
+        .networks
+        .iter()
+        .filter(|n| matches!(n.kind, NetworkType::Nat | NetworkType::Routed))
+    {
         let Some(subnet) = n.subnet else { continue };
         let needle = subnet.to_string();
         let found = s
@@ -132,11 +137,57 @@ fn burst_matches(have: Option<u32>, want: u32) -> bool {
     have.is_some_and(|h| (f64::from(h) - f64::from(want)).abs() <= f64::from(want) * 0.05 + 64.0)
 }
 
+/// Finds the device of each vNIC given by its VM (no `tap`): the running VM of that name
+/// and its NIC with the vNIC's MAC, or its only NIC. Unresolved vNICs are left out, with a
+/// note.
+pub fn resolve_vnics(d: &Desired, s: &HostState) -> (Desired, Vec<String>) {
+    let mut out = d.clone();
+    let mut notes = vec![];
+    out.vnics.retain_mut(|v| {
+        if !v.tap.is_empty() {
+            return true;
+        }
+        let Some(vm) = s.vms.iter().find(|x| x.name == v.vm) else {
+            notes.push(format!(
+                "vm `{}` is not running here (no libvirt domain or QEMU process of that name): its vNIC is attached once it runs",
+                v.vm
+            ));
+            return false;
+        };
+        let nic = match v.mac {
+            Some(m) => vm.vnics.iter().find(|n| n.mac == Some(m)),
+            None if vm.vnics.len() == 1 => vm.vnics.first(),
+            None => None,
+        };
+        match nic.and_then(|n| n.host_dev.clone()) {
+            Some(dev) => {
+                v.tap = dev;
+                true
+            }
+            None => {
+                notes.push(match v.mac {
+                    Some(m) => format!("vm `{}` has no NIC with MAC {m} on a host device", v.vm),
+                    None => format!(
+                        "vm `{}` has {} NICs: give the vNIC its `mac` or `tap`",
+                        v.vm,
+                        vm.vnics.len()
+                    ),
+                });
+                false
+            }
+        }
+    });
+    (out, notes)
+}
+
 /// Plans `d` against the observed host.
 pub fn plan(d: &Desired, o: &Observed, force: bool) -> Result<Plan, PlanError> {
     let s = o.state;
+    let (resolved, notes) = resolve_vnics(d, s);
+    let d = &resolved;
     let mut p = Plan {
         owned: o.owned.clone(),
+        notes,
         ..Default::default()
     };
     let mut steps = vec![];
@@ -176,7 +227,10 @@ pub fn plan(d: &Desired, o: &Observed, force: bool) -> Result<Plan, PlanError> {
         .filter_map(|n| render::dnsmasq_conf(n).map(|c| (n.name.clone(), (n.bridge.clone(), c))))
         .collect();
     let ups = uplinks(d, s);
-    let ext = external_nat(d, s);
+    let ext: BTreeSet<String> = external_nat(d, s)
+        .into_iter()
+        .filter(|n| d.network(n).is_some_and(|x| x.kind == NetworkType::Nat))
+        .collect();
     for n in &ext {
         p.notes.push(format!(
             "network `{n}`: the host already masquerades its subnet (another tool's rule): kvmnet adds no second one"
@@ -200,7 +254,12 @@ pub fn plan(d: &Desired, o: &Observed, force: bool) -> Result<Plan, PlanError> {
 
     // VLAN tags need a bridge that can filter VLANs
     if let Some(v) = d.vnics.iter().find(|v| v.vlan.is_some()) {
-        if !o.vlan_capable {
+        if o.vlan_capable {
+            return Err(PlanError::Conflict(format!(
+                "vm `{}` ({}): VLAN tags on Linux-bridge networks are not supported by kvmnet yet; leave `vlan` out",
+                v.vm, v.tap
+            )));
+        } else {
             return Err(PlanError::Conflict(format!(
                 "vm `{}` ({}): VLAN {} needs 802.1Q filtering on the Linux bridge (vlan_filtering), which this kernel lacks (CONFIG_BRIDGE_VLAN_FILTERING)",
                 v.vm,
@@ -719,6 +778,46 @@ mod tests {
         let y = NAT.replace("network: lan\n", "network: lan\n    vlan: 10\n");
         let e = plan(&desired(&y), &obs(&s, &o, &dh), false).unwrap_err();
         assert!(e.to_string().contains("vlan_filtering"), "{e}");
+    }
+
+    #[test]
+    fn a_vnic_without_tap_is_found_through_its_vm() {
+        use kvmnet_model::vm::{Vm, VmSource, VmState, Vnic as ModelVnic};
+        let mut s = host();
+        let mut vm = Vm {
+            name: "web1".into(),
+            source: VmSource::Libvirt,
+            uuid: None,
+            state: VmState::Running,
+            pid: None,
+            netns: None,
+            vnics: vec![],
+            guest: None,
+            vcpus: None,
+            agent: None,
+        };
+        vm.vnics.push(ModelVnic {
+            mac: Some("52:54:00:00:00:07".parse().unwrap()),
+            host_dev: Some("vnet2".into()),
+            ..Default::default()
+        });
+        s.vms.push(vm);
+        let y = "networks:\n  - name: lan\n    type: isolated\n    bridge: kvbr0\n    subnet: 10.10.0.0/24\nvnics:\n  - vm: web1\n    network: lan\n    mac: 52:54:00:00:00:07\n  - vm: db1\n    network: lan\n";
+        let (o, dh) = (Owned::default(), BTreeMap::new());
+        let p = plan(&desired(y), &obs(&s, &o, &dh), false).unwrap();
+        assert!(
+            p.steps.contains(&PlanStep::SetMaster {
+                ifname: "vnet2".into(),
+                master: "kvbr0".into()
+            }),
+            "{:?}",
+            p.steps
+        );
+        assert!(
+            p.notes.iter().any(|n| n.contains("`db1` is not running")),
+            "{:?}",
+            p.notes
+        );
     }
 
     #[test]

@@ -119,7 +119,10 @@ pub struct VnicDef {
     /// The VM's name (labels, firewall and port-forward references).
     pub vm: Spanned<String>,
     /// The host-side device (tap or veth) as QEMU, libvirt or the container runtime names it.
-    pub tap: Spanned<String>,
+    /// Without it kvmnet finds the running VM named `vm` (a libvirt domain or a QEMU
+    /// process) and its NIC with `mac` (or its only NIC) when it plans.
+    #[serde(default)]
+    pub tap: Option<Spanned<String>>,
     pub network: Spanned<String>,
     #[serde(default)]
     pub mac: Option<Spanned<String>>,

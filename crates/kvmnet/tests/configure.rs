@@ -445,6 +445,26 @@ fn full_config_applies_works_and_is_idempotent() {
 
     // again: nothing to do
     assert_eq!(l.plan(&f)["changes"], 0);
+    // kvmnet supervises its dnsmasq: gone, the next plan starts it again
+    let pidfile = l
+        .run
+        .path()
+        .join(format!("ns-{}", lab.hv.name()))
+        .join("dnsmasq-lan.pid");
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    kvmnet_testkit::run(&["kill", pid.trim()]).unwrap();
+    let t = Instant::now();
+    while Path::new(&format!("/proc/{}/cmdline", pid.trim())).exists()
+        && std::fs::read(format!("/proc/{}/cmdline", pid.trim())).is_ok_and(|c| !c.is_empty())
+        && t.elapsed() < Duration::from_secs(3)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let p = l.plan(&f);
+    assert_eq!(p["changes"], 1, "{p:#}");
+    assert_eq!(p["steps"][0]["op"], "start-dhcp");
+    assert!(l.apply(&f, &[]).status.success());
+    assert_eq!(l.plan(&f)["changes"], 0);
     // one field changed: exactly its step
     let f2 = l.write("net2.yaml", &FULL.replace("rate: 20mbit", "rate: 10mbit"));
     let p = l.plan(&f2);
@@ -705,4 +725,72 @@ fn the_session_path_is_guarded_and_bad_input_changes_nothing() {
         assert_eq!(err.trim().lines().filter(|l| l.starts_with("kvmnet: error")).count(), 1);
     }
     l.assert_same(&before, &l.snapshot(), "after bad input");
+}
+
+#[test]
+fn import_of_a_foreign_host_plans_no_change_and_export_round_trips() {
+    if !require_root("import_of_a_foreign_host_plans_no_change_and_export_round_trips") {
+        return;
+    }
+    // a host configured by hand: bridge, address, masquerade in its own table, 3 guests
+    let lab = Lab::nat(3).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let kv = |args: &[&str]| {
+        Command::cargo_bin("kvmnet")
+            .unwrap()
+            .env("KVMNET_RUN_DIR", run.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = kv(&["import", "--netns", lab.hv.name()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let y = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        y.contains("type: nat") && y.contains("bridge: br0") && y.contains("subnet: 10.0.0.0/24"),
+        "{y}"
+    );
+    for g in &lab.guests {
+        assert!(y.contains(&format!("tap: {}", g.host_dev)), "{y}");
+        assert!(y.contains(&format!("ip: {}", g.ip)), "{y}");
+    }
+    let f = run.path().join("imported.yaml");
+    std::fs::write(&f, &y).unwrap();
+    let out = kv(&[
+        "plan",
+        "--json",
+        "-f",
+        f.to_str().unwrap(),
+        "--netns",
+        lab.hv.name(),
+    ]);
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["changes"], 0, "{p:#}\n{y}");
+    // the host's own masquerade is respected, not doubled
+    assert!(
+        p["notes"].to_string().contains("already masquerades"),
+        "{p:#}"
+    );
+
+    // export as a libvirt network, read back by kvmnet's libvirt parser
+    let out = kv(&["export", "libvirt", "br0", "-f", f.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let xml = String::from_utf8_lossy(&out.stdout);
+    let doc = kvmnet_libvirt::parse_document(&xml).unwrap();
+    let net = &doc.networks[0];
+    assert_eq!(net.name, "br0");
+    assert_eq!(net.bridge.as_deref(), Some("br0"));
+    assert_eq!(net.forward, kvmnet_model::network::ForwardMode::Nat);
+    assert_eq!(net.ips[0].address.to_string(), "10.0.0.1/24");
+    let out = kv(&["export", "libvirt", "nosuch", "-f", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no network named `nosuch`"));
 }

@@ -60,7 +60,12 @@ fn observe_and_plan(
     owned: &Owned,
     force: bool,
 ) -> Result<(HostState, Plan), CliError> {
-    let state = crate::source::collect_for_config(netns)?;
+    // vNICs given by their VM need the VMs (processes, libvirt)
+    let state = if d.vnics.iter().any(|v| v.tap.is_empty()) {
+        crate::source::collect_live(netns)?
+    } else {
+        crate::source::collect_for_config(netns)?
+    };
     let mut dhcp = std::collections::BTreeMap::new();
     let nets: std::collections::BTreeSet<&str> = d
         .networks

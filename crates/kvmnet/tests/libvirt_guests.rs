@@ -9,10 +9,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
+use common::{eventually, kvmnet_json as kvmnet, root_errors};
 use kvmnet_testkit::libvirt::{domain_xml, Libvirtd};
 use kvmnet_testkit::qemu::serial_sh;
 use kvmnet_testkit::{require_cmd, require_root, GuestImage, Lab, LabSpec};
@@ -21,67 +23,13 @@ use serde_json::Value;
 const UPSTREAM: &str = "203.0.113.1";
 const NET: &str = "kvnat";
 
-fn kvmnet(args: &[&str]) -> Value {
-    let out = Command::cargo_bin("kvmnet")
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap();
-    let code = out.status.code().unwrap_or(-1);
-    assert!(
-        code == 0 || code == 3,
-        "kvmnet {args:?} failed ({code}): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn doctor(lab: &Lab, probe: bool) -> Value {
-    let mut args = vec![
-        "doctor",
-        "--json",
-        "--netns",
-        lab.hv.name(),
-        "--target",
-        UPSTREAM,
-    ];
-    if probe {
-        args.push("--probe");
-    }
-    kvmnet(&args)
+    common::doctor(lab.hv.name(), UPSTREAM, probe)
 }
 
+/// Root-cause errors as (code, affects).
 fn roots(r: &Value) -> Vec<(String, Vec<String>)> {
-    r["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f.get("caused_by").is_none() && f["severity"] == "error")
-        .map(|f| {
-            (
-                f["code"].as_str().unwrap().to_string(),
-                f["affects"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|s| s.as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-fn eventually(what: &str, secs: u64, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    panic!("timed out waiting until {what}");
+    root_errors(r).into_iter().map(|(c, _, a)| (c, a)).collect()
 }
 
 fn sh(dir: &Path, vm: &str, cmd: &str) -> (i32, String) {

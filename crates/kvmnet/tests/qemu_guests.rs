@@ -6,91 +6,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
+use common::{kvmnet_json as kvmnet, root_errors, verdict_ok};
 use kvmnet_testkit::{require_cmd, require_root, Lab, LabSpec, NicModel, QemuGuest};
 use serde_json::Value;
 
 const UPSTREAM: &str = "203.0.113.1";
 
-fn kvmnet(args: &[&str]) -> Value {
-    let out = Command::cargo_bin("kvmnet")
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap();
-    let code = out.status.code().unwrap_or(-1);
-    assert!(
-        code == 0 || code == 3,
-        "kvmnet {args:?} failed ({code}): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn doctor(lab: &Lab, probe: bool) -> Value {
-    let mut args = vec![
-        "doctor",
-        "--json",
-        "--netns",
-        lab.hv.name(),
-        "--target",
-        UPSTREAM,
-    ];
-    if probe {
-        args.push("--probe");
-    }
-    kvmnet(&args)
+    common::doctor(lab.hv.name(), UPSTREAM, probe)
 }
 
-/// Root-cause errors as (code, subject, affects).
-fn root_errors(r: &Value) -> Vec<(String, Vec<String>, Vec<String>)> {
-    let strs = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    r["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f.get("caused_by").is_none() && f["severity"] == "error")
-        .map(|f| {
-            (
-                f["code"].as_str().unwrap().to_string(),
-                strs(&f["subject"]),
-                strs(&f["affects"]),
-            )
-        })
-        .collect()
-}
-
-fn verdict_ok(r: &Value, vm: &str) -> bool {
-    r["verdicts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["vm"] == vm)
-        .unwrap_or_else(|| panic!("no verdict for {vm}: {r:#}"))["ok"]
-        == true
-}
-
-/// Retries `f` for a few seconds: the guest's TCG clock and its neighbour cache need a moment
-/// after each change on the host.
 fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    panic!("timed out waiting until {what}");
+    common::eventually(what, 20, f)
 }
 
 struct Fault {

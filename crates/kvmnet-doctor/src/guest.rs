@@ -79,15 +79,44 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                 .and_then(|l| l.master.clone())
                 .filter(|m| s.link(m).is_some_and(|l| l.kind == LinkKind::Bridge))
                 .or_else(|| expected_bridge(cx, vm, n).map(|(b, _)| b));
-            let seg_nets: Vec<ipnet::IpNet> = bridge
+            // an Open vSwitch port: the segment is its bridge's VLAN, the host's interfaces on
+            // it are the internal ports carrying that VLAN
+            let ovs_seg = n
+                .host_dev
                 .as_deref()
-                .map(|b| {
-                    s.addresses_of(b)
-                        .filter(|a| a.scope == "global" && a.address.is_ipv4())
-                        .map(|a| a.network())
-                        .collect()
-                })
-                .unwrap_or_default();
+                .and_then(|d| s.ovs.as_ref().and_then(|o| o.port_of(d)))
+                .map(|(b, p)| (b, p.native_vlan()));
+            let (bridge, seg_ifs): (Option<String>, Vec<String>) = match ovs_seg {
+                Some((b, vid)) => (
+                    Some(format!("{} VLAN {vid}", b.name)),
+                    s.ovs
+                        .as_ref()
+                        .map(|o| {
+                            o.host_ports(&b.name, vid)
+                                .into_iter()
+                                .map(String::from)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                ),
+                None => (bridge.clone(), bridge.into_iter().collect()),
+            };
+            // a guest whose subnet lives on another VLAN of its switch: vlan-mismatch says so
+            let elsewhere_on_switch = ovs_seg.is_some_and(|(b, vid)| {
+                crate::ovs::subnet_vlans(cx, &b.name)
+                    .iter()
+                    .any(|(net, w)| *w != vid && v4.iter().any(|a| net.contains(&a.addr())))
+            });
+            if elsewhere_on_switch {
+                continue;
+            }
+            let seg_addrs: Vec<&kvmnet_model::Address> =
+                seg_ifs.iter().flat_map(|i| s.addresses_of(i)).collect();
+            let seg_nets: Vec<ipnet::IpNet> = seg_addrs
+                .iter()
+                .filter(|a| a.scope == "global" && a.address.is_ipv4())
+                .map(|a| a.network())
+                .collect();
             if !seg_nets.is_empty()
                 && !v4
                     .iter()
@@ -122,15 +151,14 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                 .iter()
                 .filter(|r| r.is_default() && r.dst.addr().is_ipv4())
                 .min_by_key(|r| r.metric.unwrap_or(0));
-            let host_gw: Option<IpAddr> = bridge.as_deref().and_then(|b| {
-                s.addresses_of(b)
-                    .find(|a| {
-                        a.address.is_ipv4()
-                            && a.scope == "global"
-                            && v4.iter().any(|x| a.network().contains(&x.addr()))
-                    })
-                    .map(|a| a.address)
-            });
+            let host_gw: Option<IpAddr> = seg_addrs
+                .iter()
+                .find(|a| {
+                    a.address.is_ipv4()
+                        && a.scope == "global"
+                        && v4.iter().any(|x| a.network().contains(&x.addr()))
+                })
+                .map(|a| a.address);
             match default {
                 None => {
                     let target_outside =
@@ -165,18 +193,26 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                 Some(r) => {
                     if let Some(gw) = r.first_gateway() {
                         let on_link = v4.iter().any(|a| a.trunc().contains(&gw));
-                        let host_owns = bridge
-                            .as_deref()
-                            .is_some_and(|b| s.addresses_of(b).any(|a| a.address == gw));
+                        let host_owns = seg_addrs.iter().any(|a| a.address == gw);
+                        let same_segment = |on: &kvmnet_model::Vnic| match ovs_seg {
+                            Some((b, vid)) => on
+                                .host_dev
+                                .as_deref()
+                                .and_then(|d| s.ovs.as_ref().and_then(|o| o.port_of(d)))
+                                .is_some_and(|(b2, p2)| b2.name == b.name && p2.carries(vid)),
+                            None => {
+                                on.host_dev
+                                    .as_deref()
+                                    .and_then(|d| s.link(d))
+                                    .and_then(|l| l.master.clone())
+                                    == bridge
+                            }
+                        };
                         let someone = host_owns
                             || s.vms.iter().any(|o| {
                                 o.name != vm.name
                                     && o.vnics.iter().any(|on| {
-                                        on.host_dev
-                                            .as_deref()
-                                            .and_then(|d| s.link(d))
-                                            .and_then(|l| l.master.clone())
-                                            == bridge
+                                        same_segment(on)
                                             && crate::virt::guest_addrs(o, on)
                                                 .iter()
                                                 .any(|a| a.addr() == gw)

@@ -6,6 +6,7 @@
 pub mod finding;
 mod guest;
 mod host;
+mod ovs;
 mod paths;
 mod probe;
 mod virt;
@@ -122,6 +123,7 @@ pub fn diagnose(s: &HostState, opts: &Options) -> Report {
     let mut skipped = vec![];
     host::check(&cx, &mut findings);
     virt::check(&cx, &mut findings);
+    ovs::check(&cx, &mut findings);
     guest::check(&cx, &mut findings, &mut skipped);
     let verdicts = paths::check(&cx, &mut findings);
     paths::check_port_forwards(&cx, &mut findings);

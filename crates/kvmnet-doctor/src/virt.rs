@@ -35,6 +35,14 @@ pub(crate) fn guest_addrs(vm: &Vm, n: &Vnic) -> Vec<ipnet::IpNet> {
 /// The bridge a vNIC should be attached to, and why kvmnet thinks so.
 pub(crate) fn expected_bridge(cx: &Ctx, vm: &Vm, n: &Vnic) -> Option<(String, String)> {
     let s = cx.s;
+    // Open vSwitch ports are checked against the switch, not as Linux bridge ports
+    let on_ovs = n
+        .host_dev
+        .as_deref()
+        .is_some_and(|d| s.ovs.as_ref().is_some_and(|o| o.port_of(d).is_some()));
+    if on_ovs || n.virtualport.as_deref() == Some("openvswitch") {
+        return None;
+    }
     if vm.source == VmSource::Libvirt {
         if let Some(b) = &n.source_bridge {
             return Some((

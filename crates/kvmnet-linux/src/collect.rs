@@ -14,6 +14,7 @@ use kvmnet_model::vm::{
 use kvmnet_model::{HostState, Link};
 
 use crate::netns::{list_netns, netns_id, open_netns, run_in_netns};
+use crate::ovsdb;
 use crate::procfs::{self, ProcInfo};
 use crate::rtnl::RtSocket;
 use crate::{qemu, rtnl_decode as rd, sysctl, Error};
@@ -325,11 +326,24 @@ pub fn collect(opts: &CollectOptions) -> Result<Collected, Error> {
     }
 
     t.mark("kernel state");
+    // Open vSwitch: the instance whose vswitchd serves this namespace
+    if opts.processes {
+        match ovsdb::locate(&procs, own_id.1, netns.is_none()) {
+            Some(loc) => state.ovs = Some(ovsdb::collect(&loc)),
+            None if state.links.iter().any(|l| l.kind == LinkKind::Openvswitch) => {
+                // kernel datapath devices, but nothing manages them
+                state.ovs = Some(kvmnet_model::ovs::OvsState::default());
+            }
+            None => {}
+        }
+        t.mark("open vswitch");
+    }
     if opts.guests {
         attach_agent_views(&mut state);
         t.mark("guest agents");
     }
     namespace_guests(&mut state, opts.guests);
+    ovs_vnics(&mut state);
     bridge_networks(&mut state);
     t.mark("guests and networks");
     let libvirt = procfs::find_libvirt_daemon(&procs, own_id.1);
@@ -419,6 +433,15 @@ fn namespace_guests(state: &mut HostState, read_guests: bool) {
     for l in &state.links {
         let Some(p) = &l.veth_peer else { continue };
         if p.netnsid.is_none() || uplinks.contains(&l.name) {
+            continue;
+        }
+        // a member of an Open vSwitch bond is a link to a switch, not a guest's NIC
+        if state
+            .ovs
+            .as_ref()
+            .and_then(|o| o.port_of(&l.name))
+            .is_some_and(|(_, port)| port.is_bond())
+        {
             continue;
         }
         let name = p
@@ -538,6 +561,35 @@ fn namespace_guests(state: &mut HostState, read_guests: bool) {
             }
         }
         state.vms.push(vm);
+    }
+}
+
+/// vNICs on Open vSwitch ports: their bridge and VLAN come from the switch's database (with
+/// the userspace datapath the kernel knows no master; with the kernel one it is ovs-system).
+fn ovs_vnics(state: &mut HostState) {
+    let Some(ovs) = state.ovs.clone() else { return };
+    for vm in state.vms.iter_mut() {
+        for n in vm.vnics.iter_mut() {
+            let Some((b, p)) = n.host_dev.as_deref().and_then(|d| ovs.port_of(d)) else {
+                continue;
+            };
+            if n.source_bridge.is_none() || n.source_bridge.as_deref() == Some("ovs-system") {
+                n.source_bridge = Some(b.name.clone());
+            }
+            if n.vlan_tags.is_empty() {
+                match (p.tag, p.is_trunk()) {
+                    (Some(t), false) => n.vlan_tags = vec![t],
+                    (_, true) => {
+                        n.vlan_tags = p.trunks.clone();
+                        n.vlan_trunk = true;
+                    }
+                    _ => {}
+                }
+            }
+            if n.virtualport.is_none() {
+                n.virtualport = Some("openvswitch".into());
+            }
+        }
     }
 }
 

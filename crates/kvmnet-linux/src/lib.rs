@@ -11,6 +11,7 @@ pub mod apply;
 pub mod collect;
 pub mod netns;
 pub mod nft;
+pub mod ovsdb;
 pub mod probe;
 pub mod procfs;
 pub mod qemu;

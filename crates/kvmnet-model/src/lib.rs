@@ -11,6 +11,7 @@ pub mod link;
 pub mod network;
 pub mod nft;
 pub mod nft_text;
+pub mod ovs;
 pub mod plan;
 pub mod redact;
 pub mod snapshot;

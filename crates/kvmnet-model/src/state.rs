@@ -78,6 +78,9 @@ pub struct HostState {
     pub vms: Vec<Vm>,
     #[serde(default)]
     pub networks: Vec<Network>,
+    /// Open vSwitch, when it manages bridges here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovs: Option<crate::ovs::OvsState>,
     #[serde(default)]
     pub collection_warnings: Vec<CollectionWarning>,
 }
@@ -103,6 +106,7 @@ impl Default for HostState {
             sockets: vec![],
             vms: vec![],
             networks: vec![],
+            ovs: None,
             collection_warnings: vec![],
         }
     }

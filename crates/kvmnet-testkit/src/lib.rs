@@ -9,11 +9,13 @@
 mod lab;
 pub mod libvirt;
 mod netns;
+pub mod ovs;
 pub mod qemu;
 pub mod synth;
 
 pub use lab::{Guest, Lab, LabSpec};
 pub use netns::{run, Netns, TcpServer};
+pub use ovs::Ovs;
 pub use qemu::{GuestImage, NicModel, QemuGuest, QemuSpec};
 
 /// True when running as root. Root-only tests call [`require_root`] instead.

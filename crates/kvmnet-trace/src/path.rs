@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use kvmnet_model::nft::NftFamily;
 use kvmnet_model::nft_text::rule_text;
+use kvmnet_model::ovs::OvsBridge;
 use kvmnet_model::vm::VnicType;
 use kvmnet_model::{HostState, Link, LinkKind, PortState};
 use serde::Serialize;
@@ -452,6 +453,12 @@ enum Landed {
     External {
         dev: String,
     },
+    /// Left the host at layer 2 through Open vSwitch port `port` of `bridge`, in VLAN `vid`.
+    OvsOut {
+        bridge: String,
+        port: String,
+        vid: u16,
+    },
 }
 
 /// What the forward pass produced: where the packet landed, the packet as it arrived, and
@@ -636,6 +643,29 @@ impl<'t, 'a> Walk<'t, 'a> {
                 );
                 self.host_in(dev.clone(), rp)
             }
+            Landed::OvsOut { bridge, port, vid } => {
+                landed_desc = format!("{} via {bridge} port {port}", pkt.dst);
+                self.hop(
+                    "LAN",
+                    format!("{} answers {}", pkt.dst, rp.dst),
+                    vec![format!(
+                        "the reply comes back in through {port} (VLAN {vid})"
+                    )],
+                );
+                let (bridge, port, vid) = (bridge.clone(), port.clone(), *vid);
+                match self.s().ovs.as_ref().and_then(|o| o.bridge(&bridge)) {
+                    Some(b) => {
+                        let nh = rp.dst;
+                        self.ovs_switch(b, &port, vid, nh, rp)
+                    }
+                    None => Err(self.drop(
+                        "LAN",
+                        "ovs-port-missing",
+                        format!("bridge {bridge} is gone"),
+                        vec![],
+                    )),
+                }
+            }
             Landed::Host => {
                 landed_desc = format!("host ({})", pkt.dst);
                 self.host_out(rp)
@@ -721,7 +751,7 @@ fn is_private(a: IpAddr) -> bool {
     }
 }
 
-impl Walk<'_, '_> {
+impl<'a> Walk<'_, 'a> {
     fn fibber(&self) -> Fibber<'_> {
         Fibber {
             s: self.t.state,
@@ -1034,6 +1064,10 @@ impl Walk<'_, '_> {
             "receives the frame",
             vec![format!("{dev}: {}, mtu {}", link.state_word(), link.mtu)],
         );
+        // a port of an Open vSwitch bridge (no kernel master with the userspace datapath)
+        if let Some((b, p)) = s.ovs.as_ref().and_then(|o| o.port_of(&dev)) {
+            return self.ovs_switch(b, &p.name, p.native_vlan(), next_hop, pkt);
+        }
         match link.master.clone() {
             Some(br) if self.t.link(&br).is_some_and(|b| b.kind == LinkKind::Bridge) => {
                 self.bridge_in(&br, &dev, next_hop, pkt, &link)
@@ -1685,6 +1719,11 @@ impl Walk<'_, '_> {
             }
         }
         let nh = gateway.unwrap_or(pkt.dst);
+        // an Open vSwitch internal port: the switch takes it from here
+        if let Some((b, p)) = s.ovs.as_ref().and_then(|o| o.port_of(&dev)) {
+            let (l, p, _) = self.ovs_switch(b, &p.name, p.native_vlan(), nh, pkt)?;
+            return Ok((l, p, notes));
+        }
         // where does it go from here?
         if link.kind == LinkKind::Bridge {
             let owner = self.t.owners.get(&nh).cloned();
@@ -1763,6 +1802,185 @@ impl Walk<'_, '_> {
             ],
         );
         Ok((Landed::External { dev }, pkt, notes))
+    }
+
+    /// Open vSwitch's NORMAL action: a learning switch with VLANs. The frame entered `br` by
+    /// port `from`, in VLAN `vid`, for next hop `nh`.
+    fn ovs_switch(
+        &mut self,
+        br: &'a OvsBridge,
+        from: &str,
+        vid: u16,
+        nh: IpAddr,
+        mut pkt: Packet,
+    ) -> Step<Arrived> {
+        let s = self.t.state;
+        let stage = format!("ovs {}", br.name);
+        let Some(ovs) = s.ovs.as_ref() else {
+            return Err(self.drop(
+                &stage,
+                "ovs-not-running",
+                "Open vSwitch is not running",
+                vec![],
+            ));
+        };
+        if !ovs.vswitchd_running {
+            return Err(self.drop(
+                &stage,
+                "ovs-not-running",
+                format!(
+                    "ovs-vswitchd does not run: nothing forwards frames on {}",
+                    br.name
+                ),
+                vec![format!(
+                    "database {} {}",
+                    ovs.db,
+                    if ovs.db_running { "up" } else { "down" }
+                )],
+            ));
+        }
+        if let Some(f) = br.custom_flows.as_ref().filter(|f| !f.is_empty()) {
+            return Err(Verdict::Unknown {
+                at: self.stage(&stage),
+                what: format!(
+                    "{} has {} OpenFlow rule(s) besides NORMAL (first: {}); kvmnet simulates NORMAL only: ask the switch with `ovs-appctl ofproto/trace {} in_port={from}`",
+                    br.name,
+                    f.len(),
+                    f[0],
+                    br.name
+                ),
+                rule: None,
+            });
+        }
+        // 1. the host, on an internal port
+        for p in &br.ports {
+            for i in p.interfaces.iter().filter(|i| i.kind == "internal") {
+                if !s.addresses_of(&i.name).any(|a| a.address == nh) {
+                    continue;
+                }
+                if !p.carries(vid) {
+                    return Err(self.drop(
+                        &stage,
+                        "vlan-mismatch",
+                        format!(
+                            "{nh} is the host's address on internal port {} in VLAN {}, but the frame from {from} is in VLAN {vid}",
+                            i.name,
+                            p.native_vlan()
+                        ),
+                        vec![format!("port {from}: VLAN {vid}"), format!("port {}: VLAN {}", p.name, p.native_vlan())],
+                    ));
+                }
+                if let Some(l) = self.t.link(&i.name) {
+                    pkt.dst_mac = l.mac;
+                }
+                self.hop(
+                    &stage,
+                    format!(
+                        "{nh} is the host: up through internal port {} (VLAN {vid})",
+                        i.name
+                    ),
+                    vec![format!("port {from}: VLAN {vid}")],
+                );
+                return self.host_in(i.name.clone(), pkt);
+            }
+        }
+        // 2. a guest on another port of this bridge
+        if let Some(o) = self.t.owners.get(&nh).cloned() {
+            let dev = s.vms[o.vm].vnics[o.vnic]
+                .host_dev
+                .clone()
+                .unwrap_or_default();
+            if let Some((b2, p2)) = ovs.port_of(&dev) {
+                if b2.name == br.name && p2.name != from {
+                    if !p2.carries(vid) {
+                        return Err(self.drop(
+                            &stage,
+                            "vlan-mismatch",
+                            format!(
+                                "{nh} is vm:{} on port {} in VLAN {}, but the frame from {from} is in VLAN {vid}",
+                                s.vms[o.vm].name,
+                                p2.name,
+                                p2.native_vlan()
+                            ),
+                            vec![format!("port {from}: VLAN {vid}"), format!("port {}: VLAN {}", p2.name, p2.native_vlan())],
+                        ));
+                    }
+                    if let Some(i) = p2.interfaces.iter().find(|i| !i.is_up()) {
+                        return Err(self.drop(
+                            &stage,
+                            "link-down",
+                            format!("port {} ({}) is down", p2.name, i.name),
+                            vec![],
+                        ));
+                    }
+                    pkt.dst_mac = s.vms[o.vm].vnics[o.vnic].mac;
+                    self.hop(
+                        &stage,
+                        format!(
+                            "forward to port {} (vm:{}) in VLAN {vid}",
+                            p2.name, s.vms[o.vm].name
+                        ),
+                        vec![format!("port {from}: VLAN {vid}")],
+                    );
+                    let stage2 = format!("{dev} (to vm:{})", s.vms[o.vm].name);
+                    return self.deliver_guest(o, pkt, &stage2);
+                }
+            }
+        }
+        // 3. out of the host through a port that is no VM's (an uplink, a bond)
+        let vm_devs: Vec<&str> = s
+            .vms
+            .iter()
+            .flat_map(|v| v.vnics.iter().filter_map(|n| n.host_dev.as_deref()))
+            .collect();
+        let out = br.ports.iter().find(|p| {
+            p.name != from
+                && p.carries(vid)
+                && p.interfaces
+                    .iter()
+                    .all(|i| i.kind != "internal" && !vm_devs.contains(&i.name.as_str()))
+        });
+        if let Some(p) = out {
+            if p.interfaces.iter().all(|i| !i.is_up()) {
+                return Err(self.drop(
+                    &stage,
+                    "link-down",
+                    format!("every member of port {} is down", p.name),
+                    vec![],
+                ));
+            }
+            self.hop(
+                &stage,
+                format!(
+                    "{nh} is not on this host: out through port {} in VLAN {vid}",
+                    p.name
+                ),
+                vec![format!(
+                    "{}: {}",
+                    p.name,
+                    p.interfaces
+                        .iter()
+                        .map(|i| format!("{} {}", i.name, if i.is_up() { "up" } else { "down" }))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )],
+            );
+            return Ok((
+                Landed::OvsOut {
+                    bridge: br.name.clone(),
+                    port: p.name.clone(),
+                    vid,
+                },
+                pkt,
+                PathNotes::default(),
+            ));
+        }
+        Err(self.drop(
+            &stage,
+            "arp-failed",
+            format!("nothing in VLAN {vid} on {} answers ARP for {nh}", br.name),
+            vec![format!("port {from}: VLAN {vid}")],
+        ))
     }
 
     /// The host itself sends `pkt`.

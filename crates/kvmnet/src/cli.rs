@@ -34,7 +34,7 @@ pub enum Command {
     /// Show the host's network: VMs first, then links, addresses, routes and more.
     #[command(
         after_help = "Sections: vms, networks, links, addrs, routes, rules, neigh, fdb, \
-sysctl, nft, qdisc, sockets, warnings.\n\nExamples:\n  kvmnet show\n  kvmnet show vms links\n  \
+sysctl, nft, qdisc, ovs, sockets, warnings.\n\nExamples:\n  kvmnet show\n  kvmnet show vms links\n  \
 kvmnet show --json\n  kvmnet show -o yaml --netns hv1\n  kvmnet show routes --from host.json"
     )]
     Show(ShowArgs),
@@ -316,6 +316,7 @@ pub enum Section {
     Sysctl,
     Nft,
     Qdisc,
+    Ovs,
     Sockets,
     Warnings,
 }

@@ -47,6 +47,7 @@ fn filtered(
             Section::Sysctl => "sysctls",
             Section::Nft => "nftables",
             Section::Qdisc => "qdiscs",
+            Section::Ovs => "ovs",
             Section::Sockets => "sockets",
             Section::Warnings => "collection_warnings",
         })

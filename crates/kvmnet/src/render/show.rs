@@ -110,7 +110,16 @@ fn vms_section(s: &HostState, o: &ShowOptions, out: &mut String) {
                 (None, VnicType::User) => "(user-mode)".into(),
                 (None, _) => "-".into(),
             };
+            let ovs_port = n
+                .host_dev
+                .as_deref()
+                .and_then(|d| s.ovs.as_ref().and_then(|o| o.port_of(d)));
             let bridge_txt = match (&bridge, host.map(|h| h.master.is_some())) {
+                _ if ovs_port.is_some() => match ovs_port {
+                    Some((b, p)) if p.is_trunk() => format!("{} [ovs, trunk]", b.name),
+                    Some((b, p)) => format!("{} [ovs, VLAN {}]", b.name, p.native_vlan()),
+                    None => "-".into(),
+                },
                 (Some(b), Some(false)) => format!("{b}? (not attached)"),
                 (Some(b), _) => format!("{b} [{}]", dev_state(bridge_link)),
                 (None, _) => "-".into(),
@@ -560,6 +569,106 @@ fn qdisc_section(s: &HostState, o: &ShowOptions, out: &mut String) {
     let _ = writeln!(out, "{}\n", table_text(&t));
 }
 
+fn ovs_section(s: &HostState, o: &ShowOptions, out: &mut String) {
+    let Some(ovs) = &s.ovs else {
+        if o.sections.contains(&Section::Ovs) {
+            let _ = writeln!(
+                out,
+                "{}\n  (no Open vSwitch here)\n",
+                heading("Open vSwitch", o.color)
+            );
+        }
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "{}",
+        heading(
+            &format!(
+                "Open vSwitch{} (db {}: {}, vswitchd: {})",
+                ovs.version
+                    .as_deref()
+                    .map(|v| format!(" {v}"))
+                    .unwrap_or_default(),
+                ovs.db,
+                if ovs.db_running { "up" } else { "down" },
+                if ovs.vswitchd_running {
+                    "running"
+                } else {
+                    "not running"
+                }
+            ),
+            o.color
+        )
+    );
+    let mut t = new_table(&["BRIDGE", "PORT", "VLAN", "BOND", "INTERFACES"], o.color);
+    for b in &ovs.bridges {
+        let flows = match &b.custom_flows {
+            Some(f) if !f.is_empty() => format!(" ({} custom flows)", f.len()),
+            _ => String::new(),
+        };
+        for p in &b.ports {
+            let vlan = match (p.tag, p.trunks.is_empty(), p.is_trunk()) {
+                (Some(t), _, false) => format!("access {t}"),
+                (tag, true, true) => format!(
+                    "trunk all{}",
+                    tag.map(|t| format!(" native {t}")).unwrap_or_default()
+                ),
+                (tag, false, true) => format!(
+                    "trunk {}{}",
+                    p.trunks
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    tag.map(|t| format!(" native {t}")).unwrap_or_default()
+                ),
+                (None, _, false) => "access 0".to_string(),
+            };
+            let bond = match &p.bond_mode {
+                Some(m) => format!(
+                    "{m}{}",
+                    p.lacp
+                        .as_deref()
+                        .map(|l| format!(" lacp {l}"))
+                        .unwrap_or_default()
+                ),
+                None if p.is_bond() => "bond".to_string(),
+                None => String::new(),
+            };
+            let ifs = p
+                .interfaces
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{}{}{}",
+                        i.name,
+                        if i.kind.is_empty() || i.kind == "system" {
+                            String::new()
+                        } else {
+                            format!(" ({})", i.kind)
+                        },
+                        if i.is_up() {
+                            String::new()
+                        } else {
+                            " [down]".to_string()
+                        }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            t.add_row(vec![
+                format!("{}{flows}", b.name),
+                p.name.clone(),
+                vlan,
+                bond,
+                ifs,
+            ]);
+        }
+    }
+    let _ = writeln!(out, "{}\n", table_text(&t));
+}
+
 fn sockets_section(s: &HostState, o: &ShowOptions, out: &mut String) {
     let _ = writeln!(out, "{}", heading("Listening sockets", o.color));
     let mut t = new_table(&["PROTO", "ADDRESS", "PORT", "PROCESS"], o.color);
@@ -607,7 +716,7 @@ pub fn render_show(s: &HostState, o: &ShowOptions) -> String {
             .unwrap_or_default()
     );
     type SectionFn = fn(&HostState, &ShowOptions, &mut String);
-    let sections: [(Section, SectionFn); 13] = [
+    let sections: [(Section, SectionFn); 14] = [
         (Section::Vms, vms_section),
         (Section::Networks, networks_section),
         (Section::Links, links_section),
@@ -619,6 +728,7 @@ pub fn render_show(s: &HostState, o: &ShowOptions) -> String {
         (Section::Sysctl, sysctl_section),
         (Section::Nft, nft_section),
         (Section::Qdisc, qdisc_section),
+        (Section::Ovs, ovs_section),
         (Section::Sockets, sockets_section),
         (Section::Warnings, warnings_section),
     ];

@@ -101,13 +101,8 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                 ),
                 None => (bridge.clone(), bridge.into_iter().collect()),
             };
-            // a guest whose subnet lives on another VLAN of its switch: vlan-mismatch says so
-            let elsewhere_on_switch = ovs_seg.is_some_and(|(b, vid)| {
-                crate::ovs::subnet_vlans(cx, &b.name)
-                    .iter()
-                    .any(|(net, w)| *w != vid && v4.iter().any(|a| net.contains(&a.addr())))
-            });
-            if elsewhere_on_switch {
+            // a guest whose subnet lives on another VLAN of this host: vlan-mismatch says so
+            if crate::ovs::subnet_on_other_vlan(cx, vm, n) {
                 continue;
             }
             let seg_addrs: Vec<&kvmnet_model::Address> =

@@ -41,10 +41,40 @@ fn vnic_vlan(cx: &Ctx, n: &Vnic) -> Option<(String, String, u16)> {
     }
     // a Linux bridge whose uplink is a VLAN link: the bridge is that VLAN's segment
     let master = s.link(dev)?.master.clone()?;
-    let vid = s
-        .ports_of(&master)
-        .find_map(|p| (p.kind == LinkKind::Vlan).then_some(p.vlan.as_ref().map(|v| v.id))?)?;
+    let vid = bridge_vlan(s, &master)?;
     Some(("linux".to_string(), master, vid))
+}
+
+/// The VLAN of a Linux bridge that has a VLAN link among its ports (a bridge per VLAN).
+pub(crate) fn bridge_vlan(s: &kvmnet_model::HostState, bridge: &str) -> Option<u16> {
+    s.ports_of(bridge)
+        .find_map(|p| (p.kind == LinkKind::Vlan).then_some(p.vlan.as_ref().map(|v| v.id))?)
+}
+
+/// True when the guest's address belongs to a subnet that lives on another VLAN segment of
+/// this host than the one its vNIC is on (vlan-mismatch covers it).
+pub(crate) fn subnet_on_other_vlan(cx: &Ctx, vm: &Vm, n: &Vnic) -> bool {
+    let s = cx.s;
+    let addrs: Vec<IpNet> = guest_addrs(vm, n)
+        .into_iter()
+        .filter(|a| a.addr().is_ipv4())
+        .collect();
+    let Some((switch, port, vid)) = vnic_vlan(cx, n) else {
+        return false;
+    };
+    if let Some(br) = switch.strip_prefix("ovs ") {
+        let _ = port;
+        return subnet_vlans(cx, br)
+            .iter()
+            .any(|(net, w)| *w != vid && addrs.iter().any(|a| net.contains(&a.addr())));
+    }
+    s.bridges().any(|b| {
+        b.name != port
+            && bridge_vlan(s, &b.name).is_some_and(|w| w != vid)
+            && s.addresses_of(&b.name).any(|x| {
+                x.scope == "global" && addrs.iter().any(|a| x.network().contains(&a.addr()))
+            })
+    })
 }
 
 fn vm_label(vm: &Vm) -> String {
@@ -413,6 +443,41 @@ fn check_vlans(cx: &Ctx, out: &mut Vec<Finding>) {
                 .filter(|a| a.addr().is_ipv4())
             {
                 // the gateway side's word first: the subnet belongs to one VLAN of the switch
+                if switch == "linux" {
+                    let home = s.bridges().find(|b| {
+                        bridge_vlan(s, &b.name).is_some_and(|w| w != vid)
+                            && s.addresses_of(&b.name)
+                                .any(|x| x.scope == "global" && x.network().contains(&a.addr()))
+                    });
+                    let mine = s
+                        .addresses_of(&port)
+                        .any(|x| x.network().contains(&a.addr()));
+                    if let (Some(h), false) = (home, mine) {
+                        let w = bridge_vlan(s, &h.name).unwrap_or(0);
+                        out.push(
+                            Finding::new(
+                                "vlan-mismatch",
+                                Severity::Error,
+                                Layer::Virtual,
+                                format!("{}: on bridge {port} (VLAN {vid}), but its subnet is on {} (VLAN {w})", vm.name, h.name),
+                            )
+                            .subject([vm.name.clone(), port.clone()])
+                            .evidence([
+                                format!("{port}: VLAN {vid}"),
+                                format!("{}: {a}", vm_label(vm)),
+                                format!("{}: VLAN {w}, the host's gateway for {}", h.name, a.trunc()),
+                            ])
+                            .impact("the guest's gateway and the peers of its subnet are on another VLAN: it reaches nobody")
+                            .commands([cx.cmd(&format!(
+                                "ip link set {} master {}",
+                                n.host_dev.clone().unwrap_or_default(),
+                                h.name
+                            ))])
+                            .affects([vm.name.clone()]),
+                        );
+                        continue;
+                    }
+                }
                 if let Some(br) = switch.strip_prefix("ovs ") {
                     let homes = subnet_vlans(cx, br);
                     let mine = homes

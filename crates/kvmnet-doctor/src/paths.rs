@@ -615,6 +615,15 @@ fn finding_from_trace(
         .subject(["main table"])
         .evidence([trail])
         .affects([vm.name.clone()]),
+        "vlan-mismatch" | "ovs-not-running" => Finding::new(
+            cause.as_str(),
+            Severity::Error,
+            Layer::Virtual,
+            format!("{}: {reason}", vm.name),
+        )
+        .subject([vm.name.clone()])
+        .evidence([trail])
+        .affects([vm.name.clone()]),
         "no-listener" => Finding::new("port-closed", Severity::Error, Layer::Guest, reason.clone())
             .subject([what.to_string()])
             .evidence([trail])

@@ -203,7 +203,11 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>) {
                     );
                 }
                 (Some(m), Some((b, why)))
-                    if m != b && s.link(m).is_some_and(|l| l.kind == LinkKind::Bridge) =>
+                    if m != b
+                        && s.link(m).is_some_and(|l| l.kind == LinkKind::Bridge)
+                        // two VLAN segments (bridges on VLAN links): vlan-mismatch says it
+                        && !(crate::ovs::bridge_vlan(s, m).is_some()
+                            && crate::ovs::bridge_vlan(s, b).is_some()) =>
                 {
                     if s.link(b).is_none() {
                         out.push(bridge_missing(cx, b, why, vm));

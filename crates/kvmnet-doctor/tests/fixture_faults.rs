@@ -312,3 +312,187 @@ fn declared_port_forward_blocked_by_a_rule() {
         .collect();
     assert!(others.is_empty(), "{others:#?}");
 }
+
+/// A bridge per VLAN: br0 carries VLAN 10 (port eth1.10), br20 VLAN 20 (port eth1.20).
+fn vlan_bridges(s: &mut HostState) {
+    let mut eth1 = Link::new(200, "eth1", LinkKind::Physical);
+    eth1.admin_up = true;
+    s.links.push(eth1);
+    for (i, (name, id, master)) in [("eth1.10", 10u16, "br0"), ("eth1.20", 20, "br20")]
+        .iter()
+        .enumerate()
+    {
+        let mut l = Link::new(201 + i as u32, name, LinkKind::Vlan);
+        l.vlan = Some(VlanInfo {
+            id: *id,
+            protocol: "802.1Q".into(),
+        });
+        l.parent = Some("eth1".into());
+        l.master = Some(master.to_string());
+        l.bridge_port = Some(Default::default());
+        s.links.push(l);
+    }
+    let mut br20 = Link::new(210, "br20", LinkKind::Bridge);
+    br20.bridge = Some(Default::default());
+    br20.admin_up = true;
+    s.links.push(br20);
+}
+
+#[test]
+fn linux_guest_on_the_wrong_vlan_bridge() {
+    let mut s = healthy();
+    vlan_bridges(&mut s);
+    // healthy with the VLAN bridges in place
+    assert_eq!(run(&s).root_errors(), 0, "{:#?}", run(&s).findings);
+    // db1 (vnet3) moved to the VLAN 20 bridge, keeping its VLAN-10 subnet address
+    s.links
+        .iter_mut()
+        .find(|l| l.name == "vnet3")
+        .unwrap()
+        .master = Some("br20".into());
+    let r = run(&s);
+    only_error(&r, "vlan-mismatch", "db1");
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.code == "vlan-mismatch")
+        .unwrap();
+    assert_eq!(f.affects, vec!["db1".to_string()], "{f:#?}");
+    // no warning or error beyond it
+    let rest: Vec<_> = r
+        .findings
+        .iter()
+        .filter(|f| {
+            f.caused_by.is_none() && f.severity != Severity::Info && f.code != "vlan-mismatch"
+        })
+        .collect();
+    assert!(rest.is_empty(), "{rest:#?}");
+}
+
+#[test]
+fn linux_bond_member_down_and_lacp_unnegotiated() {
+    use kvmnet_model::link::{BondInfo, BondPortInfo};
+    let mut s = healthy();
+    let mut bond = Link::new(300, "bond0", LinkKind::Bond);
+    bond.admin_up = true;
+    bond.bond = Some(BondInfo {
+        mode: "active-backup".into(),
+        members: vec!["eth1".into(), "eth2".into()],
+        active_member: Some("eth1".into()),
+        miimon_ms: Some(100),
+        ad_partner_mac: None,
+        ad_num_ports: None,
+    });
+    s.links.push(bond);
+    for (i, (name, up)) in [("eth1", true), ("eth2", false)].iter().enumerate() {
+        let mut m = Link::new(301 + i as u32, name, LinkKind::Physical);
+        m.admin_up = *up;
+        m.carrier = Some(*up);
+        m.master = Some("bond0".into());
+        m.bond_port = Some(BondPortInfo {
+            state: if *up { "active" } else { "backup" }.into(),
+            mii_status: if *up { "up" } else { "down" }.into(),
+            link_failure_count: Some(1),
+        });
+        s.links.push(m);
+    }
+    let r = run(&s);
+    assert_eq!(r.root_errors(), 0, "{:#?}", r.findings);
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.code == "bond-degraded")
+        .expect("bond-degraded");
+    assert_eq!(f.severity, Severity::Warning);
+    assert_eq!(f.subject, vec!["bond0".to_string()]);
+    assert!(f.summary.contains("eth2"), "{}", f.summary);
+    // both members down: an error
+    s.links
+        .iter_mut()
+        .find(|l| l.name == "eth1")
+        .unwrap()
+        .admin_up = false;
+    let r = run(&s);
+    assert!(r
+        .findings
+        .iter()
+        .any(|f| f.code == "bond-degraded" && f.severity == Severity::Error));
+    // 802.3ad without a partner
+    let mut s = healthy();
+    let mut bond = Link::new(300, "bond1", LinkKind::Bond);
+    bond.bond = Some(BondInfo {
+        mode: "802.3ad".into(),
+        members: vec!["eth3".into()],
+        active_member: None,
+        miimon_ms: Some(100),
+        ad_partner_mac: Some("00:00:00:00:00:00".parse().unwrap()),
+        ad_num_ports: Some(1),
+    });
+    s.links.push(bond);
+    let mut m = Link::new(310, "eth3", LinkKind::Physical);
+    m.master = Some("bond1".into());
+    m.admin_up = true;
+    s.links.push(m);
+    let r = run(&s);
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.code == "bond-degraded" && f.summary.contains("LACP")),
+        "{:#?}",
+        r.findings
+    );
+}
+
+#[test]
+fn libvirt_expects_an_ovs_port_that_does_not_exist() {
+    use kvmnet_model::ovs::{OvsBridge, OvsInterface, OvsPort, OvsState};
+    let mut s = healthy();
+    let port = |n: &str, kind: &str| OvsPort {
+        name: n.into(),
+        tag: Some(10),
+        interfaces: vec![OvsInterface {
+            name: n.into(),
+            kind: kind.into(),
+            link_state: Some("up".into()),
+            admin_state: Some("up".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    s.ovs = Some(OvsState {
+        db: "/run/openvswitch/db.sock".into(),
+        version: Some("3.1.0".into()),
+        db_running: true,
+        vswitchd_running: true,
+        bridges: vec![OvsBridge {
+            name: "ovsbr0".into(),
+            ports: vec![port("ovsbr0", "internal"), port("vnet7", "")],
+            custom_flows: Some(vec![]),
+            ..Default::default()
+        }],
+    });
+    let mut vm = libvirt_vm("app1", "vnet8", "ovsnet");
+    vm.vnics[0].iface_type = VnicType::Bridge;
+    vm.vnics[0].network = None;
+    vm.vnics[0].source_bridge = Some("ovsbr0".into());
+    vm.vnics[0].virtualport = Some("openvswitch".into());
+    tap(&mut s, "vnet8", "ovs-system");
+    s.links.last_mut().unwrap().master = None;
+    s.vms.push(vm);
+    let r = run(&s);
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.code == "ovs-port-missing")
+        .unwrap_or_else(|| panic!("{:#?}", r.findings));
+    assert_eq!(f.severity, Severity::Error);
+    assert!(f.subject.contains(&"vnet8".to_string()));
+    assert!(f.fix.commands[0].contains("ovs-vsctl add-port ovsbr0 vnet8"));
+    // vswitchd gone: ovs-not-running for the VMs on the switch
+    s.ovs.as_mut().unwrap().vswitchd_running = false;
+    let r = run(&s);
+    assert!(r
+        .findings
+        .iter()
+        .any(|f| f.code == "ovs-not-running" && f.affects.contains(&"app1".to_string())));
+}

@@ -1354,6 +1354,23 @@ impl<'a> Walk<'_, 'a> {
         }
         let link = self.link_ok(port, &stage, "link-down")?.clone();
         if link.master.as_deref() != Some(br) {
+            // a bridge per VLAN: the guest sits on another VLAN's bridge
+            let vlan_of = |b: &str| {
+                s.links
+                    .iter()
+                    .filter(|p| p.master.as_deref() == Some(b) && p.kind == LinkKind::Vlan)
+                    .find_map(|p| p.vlan.as_ref().map(|v| v.id))
+            };
+            if let (Some(m), Some(want)) = (link.master.as_deref(), vlan_of(br)) {
+                if let Some(have) = vlan_of(m) {
+                    return Err(self.drop(
+                        &stage,
+                        "vlan-mismatch",
+                        format!("{port} is on {m} (VLAN {have}), not on {br} (VLAN {want})"),
+                        vec![],
+                    ));
+                }
+            }
             return Err(self.drop(
                 &stage,
                 "not-in-bridge",

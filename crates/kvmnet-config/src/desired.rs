@@ -32,6 +32,32 @@ pub struct Net {
     pub dns_forwarders: Vec<IpAddr>,
     /// The host's IPv6 address on the bridge, with its prefix.
     pub ipv6: Option<IpNet>,
+    /// `ovs`: the datapath type.
+    #[serde(default)]
+    pub datapath: Option<String>,
+    /// `ovs`: VLANs and the host's address in each (an internal port `<bridge>.<id>`).
+    #[serde(default)]
+    pub vlans: Vec<OvsVlan>,
+    /// `ovs`: bond mode and LACP of the uplink when it has several ports.
+    #[serde(default)]
+    pub bond_mode: Option<String>,
+    #[serde(default)]
+    pub lacp: Option<String>,
+}
+
+/// A VLAN of an `ovs` network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OvsVlan {
+    pub id: u16,
+    /// The host's address in the VLAN, with the subnet's prefix.
+    pub gateway: Option<IpNet>,
+}
+
+impl Net {
+    /// The internal port carrying the host's address in VLAN `id` of an `ovs` network.
+    pub fn vlan_port(&self, id: u16) -> String {
+        format!("{}.{id}", self.bridge)
+    }
 }
 
 /// DHCP for a network.
@@ -323,6 +349,14 @@ pub fn validate(cfg: &Config) -> Result<Desired, ConfigError> {
             let mtu = n.mtu.as_ref().map(|m| check_mtu(cfg, src, m)).transpose()?;
             // subnet and gateway
             let (subnet, gateway) = match (kind, &n.subnet) {
+                (NetworkType::Ovs, Some(s)) => {
+                    return Err(cfg.error(
+                        src,
+                        s,
+                        "an ovs network has its subnets per VLAN: put `subnet` under `vlans`",
+                    ))
+                }
+                (NetworkType::Ovs, None) => (None, None),
                 (NetworkType::Bridged, Some(s)) => {
                     return Err(cfg.error(
                         src,
@@ -417,6 +451,150 @@ pub fn validate(cfg: &Config) -> Result<Desired, ConfigError> {
                     }
                 }
             }
+            // Open vSwitch specifics
+            let mut vlans: Vec<OvsVlan> = vec![];
+            let (mut bond_mode, mut lacp) = (None, None);
+            let mut datapath = None;
+            if kind == NetworkType::Ovs {
+                if let Some(d) = &n.datapath {
+                    if !matches!(d.value.as_str(), "system" | "netdev") {
+                        return Err(cfg.error(
+                            src,
+                            d,
+                            format!(
+                                "datapath `{}`: use system (the kernel's) or netdev (userspace)",
+                                d.value
+                            ),
+                        ));
+                    }
+                    datapath = Some(d.value.clone());
+                }
+                let mut seen = BTreeSet::new();
+                for v in &n.vlans {
+                    if !(1..=4094).contains(&v.id.value) {
+                        return Err(cfg.error(src, &v.id, format!("VLAN {} is out of range: 802.1Q ids are 1 to 4094 (0 and 4095 are reserved)", v.id.value)));
+                    }
+                    let id = v.id.value as u16;
+                    if !seen.insert(id) {
+                        return Err(cfg.error(src, &v.id, format!("VLAN {id} is listed twice")));
+                    }
+                    check_ifname(&format!("{}.{id}", n.bridge.value)).map_err(|e| {
+                        cfg.error(
+                            src,
+                            &n.bridge,
+                            format!("{e} (the internal port of VLAN {id})"),
+                        )
+                    })?;
+                    let gateway =
+                        match (&v.subnet, &v.gateway) {
+                            (Some(sn), Some(g)) => {
+                                if sn.value != sn.value.trunc() {
+                                    return Err(cfg.error(
+                                        src,
+                                        sn,
+                                        format!(
+                                            "subnet {} has host bits set: did you mean {}?",
+                                            sn.value,
+                                            sn.value.trunc()
+                                        ),
+                                    ));
+                                }
+                                if !sn.value.contains(&g.value) {
+                                    return Err(cfg.error(
+                                        src,
+                                        g,
+                                        format!(
+                                            "gateway {} is outside its subnet {}",
+                                            g.value, sn.value
+                                        ),
+                                    ));
+                                }
+                                for other in d.networks.iter().filter_map(|x| x.subnet).chain(
+                                    vlans.iter().filter_map(|x| x.gateway.map(|g| g.trunc())),
+                                ) {
+                                    if other.contains(&sn.value.network())
+                                        || sn.value.contains(&other.network())
+                                    {
+                                        return Err(cfg.error(
+                                            src,
+                                            sn,
+                                            format!("subnet {} overlaps {other}", sn.value),
+                                        ));
+                                    }
+                                }
+                                IpNet::new(g.value, sn.value.prefix_len()).ok()
+                            }
+                            (Some(sn), None) => sn
+                                .value
+                                .hosts()
+                                .next()
+                                .and_then(|h| IpNet::new(h, sn.value.prefix_len()).ok()),
+                            (None, Some(g)) => {
+                                return Err(cfg.error(
+                                    src,
+                                    g,
+                                    "a VLAN gateway needs the VLAN's `subnet`",
+                                ))
+                            }
+                            (None, None) => None,
+                        };
+                    vlans.push(OvsVlan { id, gateway });
+                }
+                if let Some(b) = &n.bond {
+                    if let Some(m) = &b.mode {
+                        if !matches!(
+                            m.value.as_str(),
+                            "active-backup" | "balance-slb" | "balance-tcp"
+                        ) {
+                            return Err(cfg.error(
+                                src,
+                                m,
+                                format!(
+                                    "bond mode `{}`: use active-backup, balance-slb or balance-tcp",
+                                    m.value
+                                ),
+                            ));
+                        }
+                        bond_mode = Some(m.value.clone());
+                    }
+                    if let Some(l) = &b.lacp {
+                        if !matches!(l.value.as_str(), "active" | "passive" | "off") {
+                            return Err(cfg.error(
+                                src,
+                                l,
+                                format!("lacp `{}`: use active, passive or off", l.value),
+                            ));
+                        }
+                        lacp = Some(l.value.clone());
+                    }
+                    if bond_mode.as_deref() == Some("balance-tcp")
+                        && !matches!(lacp.as_deref(), Some("active" | "passive"))
+                    {
+                        return Err(cfg.error(
+                            src,
+                            b.mode.as_ref().unwrap_or(&n.bridge),
+                            "balance-tcp needs LACP (lacp: active)",
+                        ));
+                    }
+                    if n.ports.len() < 2 {
+                        return Err(cfg.error(src, &n.bridge, "`bond` needs at least two `ports`"));
+                    }
+                }
+            } else {
+                if let Some(v) = n.vlans.first() {
+                    return Err(cfg.error(
+                        src,
+                        &v.id,
+                        format!(
+                            "`vlans` belong to ovs networks; a {} network is one segment",
+                            kind.as_str()
+                        ),
+                    ));
+                }
+                if let Some(d) = &n.datapath {
+                    return Err(cfg.error(src, d, "`datapath` belongs to ovs networks"));
+                }
+            }
             if kind == NetworkType::Bridged && n.ports.is_empty() {
                 return Err(cfg.error(
                     src,
@@ -424,7 +602,7 @@ pub fn validate(cfg: &Config) -> Result<Desired, ConfigError> {
                     "a bridged network needs `ports`: the host interface(s) that join the LAN",
                 ));
             }
-            if kind != NetworkType::Bridged {
+            if !matches!(kind, NetworkType::Bridged | NetworkType::Ovs) {
                 if let Some(p) = n.ports.first() {
                     return Err(cfg.error(
                         src,
@@ -444,7 +622,10 @@ pub fn validate(cfg: &Config) -> Result<Desired, ConfigError> {
             }
             if let Some(u) = &n.uplink {
                 check_ifname(&u.value).map_err(|e| cfg.error(src, u, e))?;
-                if matches!(kind, NetworkType::Isolated | NetworkType::Bridged) {
+                if matches!(
+                    kind,
+                    NetworkType::Isolated | NetworkType::Bridged | NetworkType::Ovs
+                ) {
                     return Err(cfg.error(
                         src,
                         u,
@@ -612,6 +793,10 @@ pub fn validate(cfg: &Config) -> Result<Desired, ConfigError> {
                     .map(|x| x.forwarders.iter().map(|f| f.value).collect())
                     .unwrap_or_default(),
                 ipv6,
+                datapath,
+                vlans,
+                bond_mode,
+                lacp,
             });
         }
     }
@@ -741,6 +926,22 @@ pub fn validate(cfg: &Config) -> Result<Desired, ConfigError> {
             let mtu = v.mtu.as_ref().map(|m| check_mtu(cfg, src, m)).transpose()?;
             let vlan = match &v.vlan {
                 None => None,
+                Some(t)
+                    if net.kind == NetworkType::Ovs
+                        && !net.vlans.is_empty()
+                        && !net.vlans.iter().any(|x| u32::from(x.id) == t.value) =>
+                {
+                    return Err(cfg.error(
+                        src,
+                        t,
+                        format!(
+                            "VLAN {} is not one of network `{}`'s VLANs ({})",
+                            t.value,
+                            net.name,
+                            net.vlans.iter().map(|x| x.id.to_string()).collect::<Vec<_>>().join(", ")
+                        ),
+                    ))
+                }
                 Some(t) if (1..=4094).contains(&t.value) => Some(t.value as u16),
                 Some(t) => {
                     return Err(cfg.error(

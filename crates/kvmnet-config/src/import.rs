@@ -66,6 +66,10 @@ pub fn import(s: &HostState, applied: Option<&Desired>) -> (Desired, Vec<String>
                     dhcp: None,
                     dns_forwarders: vec![],
                     ipv6: None,
+                    datapath: None,
+                    vlans: vec![],
+                    bond_mode: None,
+                    lacp: None,
                 }
             }
             None if !host_ports.is_empty() => Net {
@@ -81,6 +85,10 @@ pub fn import(s: &HostState, applied: Option<&Desired>) -> (Desired, Vec<String>
                 dhcp: None,
                 dns_forwarders: vec![],
                 ipv6: None,
+                datapath: None,
+                vlans: vec![],
+                bond_mode: None,
+                lacp: None,
             },
             None => {
                 notes.push(format!(
@@ -139,6 +147,11 @@ pub fn import(s: &HostState, applied: Option<&Desired>) -> (Desired, Vec<String>
                 antispoof: false,
             });
         }
+    }
+    if s.ovs.as_ref().is_some_and(|o| !o.bridges.is_empty())
+        && applied.is_none_or(|a| !a.networks.iter().any(|n| n.kind == NetworkType::Ovs))
+    {
+        notes.push("Open vSwitch bridges kvmnet did not create are not imported".to_string());
     }
     if let Some(a) = applied {
         let mut all = a.clone();
@@ -233,6 +246,32 @@ pub fn to_yaml(d: &Desired, header: &str) -> String {
         }
         if let Some(v6) = n.ipv6 {
             let _ = writeln!(y, "    ipv6: {v6}");
+        }
+        if let Some(dp) = &n.datapath {
+            let _ = writeln!(y, "    datapath: {dp}");
+        }
+        if !n.vlans.is_empty() {
+            y.push_str("    vlans:\n");
+            for v in &n.vlans {
+                let _ = writeln!(y, "      - id: {}", v.id);
+                if let Some(g) = v.gateway {
+                    let _ = writeln!(
+                        y,
+                        "        subnet: {}\n        gateway: {}",
+                        g.trunc(),
+                        g.addr()
+                    );
+                }
+            }
+        }
+        if n.bond_mode.is_some() || n.lacp.is_some() {
+            y.push_str("    bond:\n");
+            if let Some(m) = &n.bond_mode {
+                let _ = writeln!(y, "      mode: {m}");
+            }
+            if let Some(l) = &n.lacp {
+                let _ = writeln!(y, "      lacp: {l}");
+            }
         }
     }
     if !d.vnics.is_empty() {
@@ -368,6 +407,19 @@ pub fn libvirt_xml(d: &Desired, name: &str) -> Option<String> {
         }
         NetworkType::Bridged => {
             let _ = writeln!(x, "  <forward mode='bridge'/>");
+        }
+        NetworkType::Ovs => {
+            let _ = writeln!(
+                x,
+                "  <forward mode='bridge'/>\n  <virtualport type='openvswitch'/>"
+            );
+            for v in &n.vlans {
+                let _ = writeln!(
+                    x,
+                    "  <portgroup name='vlan{0}'>\n    <vlan>\n      <tag id='{0}'/>\n    </vlan>\n  </portgroup>",
+                    v.id
+                );
+            }
         }
         NetworkType::Isolated => {}
     }

@@ -7,6 +7,7 @@
 pub mod desired;
 pub mod import;
 pub mod load;
+mod ovsplan;
 pub mod plan;
 pub mod render;
 pub mod schema;

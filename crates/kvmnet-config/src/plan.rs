@@ -40,6 +40,12 @@ pub struct Owned {
     /// Sysctls kvmnet changed -> their value before.
     #[serde(default)]
     pub sysctls: BTreeMap<String, String>,
+    /// Open vSwitch bridges kvmnet created.
+    #[serde(default)]
+    pub ovs_bridges: BTreeSet<String>,
+    /// Open vSwitch ports kvmnet added: port -> bridge.
+    #[serde(default)]
+    pub ovs_ports: BTreeMap<String, String>,
 }
 
 /// What the planner looks at besides the desired state.
@@ -184,10 +190,42 @@ pub fn resolve_vnics(d: &Desired, s: &HostState) -> (Desired, Vec<String>) {
 pub fn plan(d: &Desired, o: &Observed, force: bool) -> Result<Plan, PlanError> {
     let s = o.state;
     let (resolved, notes) = resolve_vnics(d, s);
-    let d = &resolved;
+    // Open vSwitch networks are planned on their own; the rest is Linux
+    let is_ovs = |net: &str| {
+        resolved
+            .network(net)
+            .is_some_and(|n| n.kind == NetworkType::Ovs)
+    };
+    let mut lin = resolved.clone();
+    lin.networks.retain(|n| n.kind != NetworkType::Ovs);
+    lin.vnics.retain(|v| !is_ovs(&v.network));
+    let ovs = crate::ovsplan::plan_ovs(&resolved, o, force)?;
+    let mut p = plan_linux(&lin, o, force, &ovs.addresses)?;
+    let mut steps = ovs.removals;
+    steps.append(&mut p.steps);
+    steps.extend(ovs.creations);
+    p.steps = steps;
+    p.owned.ovs_bridges = ovs.bridges;
+    p.owned.ovs_ports = ovs.ports;
+    p.owned.addresses.extend(ovs.addresses);
+    let mut all_notes = notes;
+    all_notes.append(&mut p.notes);
+    all_notes.extend(ovs.notes);
+    p.notes = all_notes;
+    Ok(p)
+}
+
+/// Plans the Linux part of `d` (bridges, addresses, vNICs on them, nftables, DHCP, sysctls);
+/// `keep` are addresses another part of the plan owns.
+fn plan_linux(
+    d: &Desired,
+    o: &Observed,
+    force: bool,
+    keep: &BTreeSet<(String, IpNet)>,
+) -> Result<Plan, PlanError> {
+    let s = o.state;
     let mut p = Plan {
         owned: o.owned.clone(),
-        notes,
         ..Default::default()
     };
     let mut steps = vec![];
@@ -313,7 +351,7 @@ pub fn plan(d: &Desired, o: &Observed, force: bool) -> Result<Plan, PlanError> {
         }
     }
     for (ifname, a) in o.owned.addresses.iter() {
-        if !want_addrs.contains(&(ifname.clone(), *a)) {
+        if !want_addrs.contains(&(ifname.clone(), *a)) && !keep.contains(&(ifname.clone(), *a)) {
             let present = s
                 .addresses_of(ifname)
                 .any(|x| x.address == a.addr() && x.prefix_len == a.prefix_len());

@@ -114,7 +114,7 @@ pub fn inet_table(
                     n.name
                 );
             }
-            NetworkType::Routed | NetworkType::Bridged => {}
+            NetworkType::Routed | NetworkType::Bridged | NetworkType::Ovs => {}
         }
     }
     for f in &d.forwards {

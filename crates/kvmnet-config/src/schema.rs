@@ -33,6 +33,9 @@ pub enum NetworkType {
     Routed,
     /// Own bridge and subnet, nothing forwarded: guests talk to each other and the host.
     Isolated,
+    /// An Open vSwitch bridge: VLANs (each with an optional host address), an uplink trunk
+    /// (a bond when it has several ports), VM ports with access tags.
+    Ovs,
 }
 
 impl NetworkType {
@@ -42,6 +45,7 @@ impl NetworkType {
             NetworkType::Nat => "nat",
             NetworkType::Routed => "routed",
             NetworkType::Isolated => "isolated",
+            NetworkType::Ovs => "ovs",
         }
     }
 }
@@ -79,6 +83,39 @@ pub struct NetworkDef {
     /// An optional IPv6 subnet, with the host's address: `fd00:10::1/64`.
     #[serde(default)]
     pub ipv6: Option<Spanned<IpNet>>,
+    /// `ovs`: the datapath, `system` (the kernel's, default) or `netdev` (userspace).
+    #[serde(default)]
+    pub datapath: Option<Spanned<String>>,
+    /// `ovs`: the VLANs of the network.
+    #[serde(default)]
+    pub vlans: Vec<VlanDef>,
+    /// `ovs`: how the uplink `ports` are bonded when there are several.
+    #[serde(default)]
+    pub bond: Option<BondDef>,
+}
+
+/// A VLAN of an `ovs` network; with `gateway` the host gets an internal port
+/// `<bridge>.<id>` with that address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VlanDef {
+    pub id: Spanned<u32>,
+    #[serde(default)]
+    pub subnet: Option<Spanned<IpNet>>,
+    #[serde(default)]
+    pub gateway: Option<Spanned<IpAddr>>,
+}
+
+/// Bond settings of an `ovs` uplink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BondDef {
+    /// `active-backup` (default), `balance-slb` or `balance-tcp` (needs LACP).
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    /// `active`, `passive` or `off` (default).
+    #[serde(default)]
+    pub lacp: Option<Spanned<String>>,
 }
 
 /// DHCP served by a dnsmasq kvmnet starts and supervises.

@@ -97,10 +97,15 @@ struct Kernel {
     /// Root qdisc per link: (kind, rate, burst).
     qdiscs: HashMap<String, (String, Option<u64>, Option<u32>)>,
     dir: PathBuf,
+    /// The Open vSwitch serving this namespace, connected on first use.
+    ovs: Option<crate::ovsdb::Ovsdb>,
+    own_ns: bool,
 }
 
 impl Kernel {
     fn open(dir: PathBuf) -> Result<Kernel, Error> {
+        // the caller's own namespace when kvmnet's runtime directory is the host's
+        let own_ns = dir.file_name().is_some_and(|n| n == "host");
         let mut sock = RtSocket::open()?;
         let dumped = crate::rtnl_decode::dump_links(&mut sock)?;
         let names: HashMap<u32, String> = dumped
@@ -142,7 +147,48 @@ impl Kernel {
             addrs,
             qdiscs,
             dir,
+            ovs: None,
+            own_ns,
         })
+    }
+
+    /// The Open vSwitch database of this namespace (its ovs-vswitchd decides which).
+    fn ovsdb(&mut self) -> Result<&mut crate::ovsdb::Ovsdb, String> {
+        if self.ovs.is_none() {
+            use std::os::unix::fs::MetadataExt;
+            let ino = std::fs::metadata("/proc/thread-self/ns/net")
+                .map(|m| m.ino())
+                .map_err(|e| e.to_string())?;
+            let procs = crate::procfs::scan_processes(false);
+            let loc = crate::ovsdb::locate(&procs, ino, self.own_ns).ok_or(
+                "no Open vSwitch serves this namespace (ovsdb-server / ovs-vswitchd not found)",
+            )?;
+            self.ovs = Some(crate::ovsdb::Ovsdb::connect(&loc.db)?);
+        }
+        self.ovs
+            .as_mut()
+            .ok_or_else(|| "no Open vSwitch".to_string())
+    }
+
+    /// The switch's current configuration (for inverses).
+    fn ovs_state(&mut self) -> Result<kvmnet_model::ovs::OvsState, String> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata("/proc/thread-self/ns/net")
+            .map(|m| m.ino())
+            .map_err(|e| e.to_string())?;
+        let procs = crate::procfs::scan_processes(false);
+        let loc = crate::ovsdb::locate(&procs, ino, self.own_ns)
+            .ok_or("no Open vSwitch serves this namespace")?;
+        crate::ovsdb::read_state(&loc.db)
+    }
+
+    /// A link the kernel has but the cache does not know yet (made by another daemon, such as
+    /// an Open vSwitch internal port).
+    fn ensure_row(&mut self, name: &str) -> Result<(), String> {
+        if !self.links.contains_key(name) {
+            self.refresh(name)?;
+        }
+        Ok(())
     }
 
     fn row(&self, name: &str) -> Result<&Row, String> {
@@ -282,6 +328,13 @@ impl Kernel {
 
     /// The inverse of a step, from the current state.
     fn inverse(&mut self, step: &PlanStep) -> Result<Vec<PlanStep>, String> {
+        match step {
+            PlanStep::LinkUp { ifname }
+            | PlanStep::LinkDown { ifname }
+            | PlanStep::SetMtu { ifname, .. }
+            | PlanStep::AddAddress { ifname, .. } => self.ensure_row(ifname)?,
+            _ => {}
+        }
         Ok(match step {
             PlanStep::SetSysctl { key, .. } => vec![PlanStep::SetSysctl {
                 key: key.clone(),
@@ -443,6 +496,66 @@ impl Kernel {
                     },
                 }
             }
+            PlanStep::OvsAddBridge { name, .. } | PlanStep::OvsDelBridge { name } => {
+                let st = self.ovs_state()?;
+                match crate::ovsdb::bridge_config(&st, name) {
+                    None => match step {
+                        PlanStep::OvsAddBridge { .. } => vec![PlanStep::OvsDelBridge { name: name.clone() }],
+                        _ => vec![],
+                    },
+                    Some(_) if matches!(step, PlanStep::OvsAddBridge { .. }) => vec![],
+                    Some((datapath, ports)) => {
+                        let mut inv = vec![PlanStep::OvsAddBridge {
+                            name: name.clone(),
+                            datapath,
+                        }];
+                        for (port, (interfaces, internal, settings)) in ports {
+                            inv.push(PlanStep::OvsAddPort {
+                                bridge: name.clone(),
+                                port,
+                                interfaces,
+                                internal,
+                                settings,
+                            });
+                        }
+                        inv
+                    }
+                }
+            }
+            PlanStep::OvsAddPort { bridge, port, .. } | PlanStep::OvsDelPort { bridge, port } => {
+                let st = self.ovs_state()?;
+                let existing = st
+                    .bridge(bridge)
+                    .and_then(|b| b.ports.iter().find(|p| &p.name == port))
+                    .map(crate::ovsdb::port_config);
+                match (existing, step) {
+                    (None, PlanStep::OvsAddPort { .. }) => vec![PlanStep::OvsDelPort {
+                        bridge: bridge.clone(),
+                        port: port.clone(),
+                    }],
+                    (None, _) | (Some(_), PlanStep::OvsAddPort { .. }) => vec![],
+                    (Some((interfaces, internal, settings)), _) => vec![PlanStep::OvsAddPort {
+                        bridge: bridge.clone(),
+                        port: port.clone(),
+                        interfaces,
+                        internal,
+                        settings,
+                    }],
+                }
+            }
+            PlanStep::OvsSetPort { port, .. } => {
+                let st = self.ovs_state()?;
+                let p = st
+                    .bridges
+                    .iter()
+                    .flat_map(|b| b.ports.iter())
+                    .find(|p| &p.name == port)
+                    .ok_or_else(|| format!("ovs: no port {port}"))?;
+                vec![PlanStep::OvsSetPort {
+                    port: port.clone(),
+                    settings: crate::ovsdb::port_config(p).2,
+                }]
+            }
             PlanStep::StartDhcp { network, .. } | PlanStep::StopDhcp { network } => {
                 match self.dhcp_running(network) {
                     Some((bridge, config)) => vec![PlanStep::StartDhcp {
@@ -462,6 +575,13 @@ impl Kernel {
     }
 
     fn execute(&mut self, step: &PlanStep) -> Result<(), String> {
+        match step {
+            PlanStep::LinkUp { ifname }
+            | PlanStep::LinkDown { ifname }
+            | PlanStep::SetMtu { ifname, .. }
+            | PlanStep::AddAddress { ifname, .. } => self.ensure_row(ifname)?,
+            _ => {}
+        }
         match step {
             PlanStep::SetSysctl { key, value } => std::fs::write(sysctl_path(key), value)
                 .map_err(|e| format!("cannot write {key}: {e}")),
@@ -676,6 +796,45 @@ impl Kernel {
                 self.stop_dhcp(network);
                 Ok(())
             }
+            PlanStep::OvsAddBridge { name, datapath } => {
+                let exists = self.ovs_state()?.bridge(name).is_some();
+                if !exists {
+                    self.ovsdb()?.add_bridge(name, datapath.as_deref())?;
+                }
+                self.refresh(name)?;
+                Ok(())
+            }
+            PlanStep::OvsDelBridge { name } => {
+                self.ovsdb()?.del_bridge(name)?;
+                self.links.remove(name);
+                self.addrs.retain(|(i, _)| i != name);
+                Ok(())
+            }
+            PlanStep::OvsAddPort {
+                bridge,
+                port,
+                interfaces,
+                internal,
+                settings,
+            } => {
+                let exists = self
+                    .ovs_state()?
+                    .bridge(bridge)
+                    .is_some_and(|b| b.ports.iter().any(|p| &p.name == port));
+                if !exists {
+                    self.ovsdb()?
+                        .add_port(bridge, port, interfaces, *internal, settings)?;
+                }
+                if *internal {
+                    self.refresh(port)?;
+                }
+                Ok(())
+            }
+            PlanStep::OvsDelPort { bridge, port } => {
+                self.ovsdb()?.del_port(bridge, port)?;
+                Ok(())
+            }
+            PlanStep::OvsSetPort { port, settings } => self.ovsdb()?.set_port(port, settings),
         }
     }
 

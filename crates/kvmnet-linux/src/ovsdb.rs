@@ -360,3 +360,181 @@ pub fn collect(loc: &OvsLocation) -> OvsState {
         },
     }
 }
+
+/// A port's VLAN/bond columns as OVSDB values.
+fn port_columns(s: &kvmnet_model::plan::OvsPortSettings) -> serde_json::Map<String, Value> {
+    let mut row = serde_json::Map::new();
+    row.insert(
+        "tag".into(),
+        json!(["set", s.tag.map(|t| vec![json!(t)]).unwrap_or_default()]),
+    );
+    row.insert(
+        "trunks".into(),
+        json!(["set", s.trunks.iter().map(|t| json!(t)).collect::<Vec<_>>()]),
+    );
+    row.insert(
+        "bond_mode".into(),
+        json!([
+            "set",
+            s.bond_mode.iter().map(|m| json!(m)).collect::<Vec<_>>()
+        ]),
+    );
+    row.insert(
+        "lacp".into(),
+        json!(["set", s.lacp.iter().map(|m| json!(m)).collect::<Vec<_>>()]),
+    );
+    row
+}
+
+impl Ovsdb {
+    /// Runs `ops` with a configuration bump, then waits until ovs-vswitchd has applied it
+    /// (its `cur_cfg` catches up), as `ovs-vsctl` does.
+    pub fn transact_and_wait(&mut self, mut ops: Vec<Value>) -> Result<(), String> {
+        ops.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [],
+            "mutations": [["next_cfg", "+=", 1]]}));
+        ops.push(json!({"op": "select", "table": "Open_vSwitch", "where": [],
+            "columns": ["next_cfg"]}));
+        let res = self.transact(ops)?;
+        let next = res
+            .last()
+            .map(rows)
+            .and_then(|r| r.first().and_then(|x| x["next_cfg"].as_i64()))
+            .unwrap_or(0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = self.transact(vec![json!({"op": "select", "table": "Open_vSwitch",
+                "where": [], "columns": ["cur_cfg"]})])?;
+            let cur = r
+                .first()
+                .map(rows)
+                .and_then(|r| r.first().and_then(|x| x["cur_cfg"].as_i64()))
+                .unwrap_or(0);
+            if cur >= next {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(
+                    "ovs-vswitchd did not apply the change in 15 s (is it running?)".into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn uuid_of(&mut self, table: &str, name: &str) -> Result<Option<String>, String> {
+        let r = self.transact(vec![json!({"op": "select", "table": table,
+            "where": [["name", "==", name]], "columns": ["_uuid"]})])?;
+        Ok(r.first()
+            .map(rows)
+            .and_then(|r| r.first().and_then(|x| uuid(&x["_uuid"]))))
+    }
+
+    /// Creates a bridge with its internal port.
+    pub fn add_bridge(&mut self, name: &str, datapath: Option<&str>) -> Result<(), String> {
+        let mut br = json!({"name": name, "ports": ["named-uuid", "p"]});
+        if let Some(d) = datapath {
+            br["datapath_type"] = json!(d);
+        }
+        self.transact_and_wait(vec![
+            json!({"op": "insert", "table": "Interface", "row": {"name": name, "type": "internal"}, "uuid-name": "i"}),
+            json!({"op": "insert", "table": "Port", "row": {"name": name, "interfaces": ["named-uuid", "i"]}, "uuid-name": "p"}),
+            json!({"op": "insert", "table": "Bridge", "row": br, "uuid-name": "b"}),
+            json!({"op": "mutate", "table": "Open_vSwitch", "where": [],
+                "mutations": [["bridges", "insert", ["set", [["named-uuid", "b"]]]]]}),
+        ])
+    }
+
+    /// Deletes a bridge (its ports and interfaces go with it).
+    pub fn del_bridge(&mut self, name: &str) -> Result<(), String> {
+        let Some(u) = self.uuid_of("Bridge", name)? else {
+            return Ok(());
+        };
+        self.transact_and_wait(vec![
+            json!({"op": "mutate", "table": "Open_vSwitch", "where": [],
+            "mutations": [["bridges", "delete", ["set", [["uuid", u]]]]]}),
+        ])
+    }
+
+    /// Adds a port with its interfaces.
+    pub fn add_port(
+        &mut self,
+        bridge: &str,
+        port: &str,
+        interfaces: &[String],
+        internal: bool,
+        settings: &kvmnet_model::plan::OvsPortSettings,
+    ) -> Result<(), String> {
+        let mut ops = vec![];
+        let mut refs = vec![];
+        for (k, i) in interfaces.iter().enumerate() {
+            let mut row = json!({"name": i});
+            if internal {
+                row["type"] = json!("internal");
+            }
+            ops.push(json!({"op": "insert", "table": "Interface", "row": row, "uuid-name": format!("i{k}")}));
+            refs.push(json!(["named-uuid", format!("i{k}")]));
+        }
+        let mut row = port_columns(settings);
+        row.insert("name".into(), json!(port));
+        row.insert("interfaces".into(), json!(["set", refs]));
+        ops.push(json!({"op": "insert", "table": "Port", "row": row, "uuid-name": "p"}));
+        ops.push(
+            json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", bridge]],
+            "mutations": [["ports", "insert", ["set", [["named-uuid", "p"]]]]]}),
+        );
+        self.transact_and_wait(ops)
+    }
+
+    /// Removes a port from a bridge.
+    pub fn del_port(&mut self, bridge: &str, port: &str) -> Result<(), String> {
+        let Some(u) = self.uuid_of("Port", port)? else {
+            return Ok(());
+        };
+        self.transact_and_wait(vec![json!({"op": "mutate", "table": "Bridge",
+            "where": [["name", "==", bridge]],
+            "mutations": [["ports", "delete", ["set", [["uuid", u]]]]]})])
+    }
+
+    /// Sets a port's VLAN and bond columns.
+    pub fn set_port(
+        &mut self,
+        port: &str,
+        settings: &kvmnet_model::plan::OvsPortSettings,
+    ) -> Result<(), String> {
+        self.transact_and_wait(vec![json!({"op": "update", "table": "Port",
+            "where": [["name", "==", port]], "row": port_columns(settings)})])
+    }
+}
+
+/// A port as a plan would (re)create it: (interfaces, internal, settings).
+pub type PortConfig = (Vec<String>, bool, kvmnet_model::plan::OvsPortSettings);
+
+/// A bridge as a plan would re-create it: its datapath and its ports by name.
+pub type BridgeConfig = (Option<String>, Vec<(String, PortConfig)>);
+
+/// The configuration of `bridge`: its datapath and its ports (but the bridge's own internal
+/// port), to re-create it.
+pub fn bridge_config(state: &OvsState, bridge: &str) -> Option<BridgeConfig> {
+    let b = state.bridge(bridge)?;
+    let ports = b
+        .ports
+        .iter()
+        .filter(|p| p.name != b.name)
+        .map(|p| (p.name.clone(), port_config(p)))
+        .collect();
+    Some((b.datapath_type.clone(), ports))
+}
+
+/// A port's configuration, to re-create or restore it.
+pub fn port_config(p: &OvsPort) -> PortConfig {
+    (
+        p.interfaces.iter().map(|i| i.name.clone()).collect(),
+        p.interfaces.iter().any(|i| i.kind == "internal"),
+        kvmnet_model::plan::OvsPortSettings {
+            tag: p.tag,
+            trunks: p.trunks.clone(),
+            bond_mode: p.bond_mode.clone(),
+            lacp: p.lacp.clone(),
+        },
+    )
+}

@@ -66,6 +66,71 @@ pub enum PlanStep {
     },
     /// Stop the dnsmasq kvmnet runs for a network.
     StopDhcp { network: String },
+    /// Create an Open vSwitch bridge (and its internal port of the same name).
+    OvsAddBridge {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        datapath: Option<String>,
+    },
+    /// Delete an Open vSwitch bridge with its ports.
+    OvsDelBridge { name: String },
+    /// Add a port to an Open vSwitch bridge: one interface, several (a bond), or an internal
+    /// port (a host interface of the switch).
+    OvsAddPort {
+        bridge: String,
+        port: String,
+        interfaces: Vec<String>,
+        #[serde(default)]
+        internal: bool,
+        #[serde(default)]
+        settings: OvsPortSettings,
+    },
+    /// Remove a port from an Open vSwitch bridge.
+    OvsDelPort { bridge: String, port: String },
+    /// Change a port's VLAN and bond settings.
+    OvsSetPort {
+        port: String,
+        settings: OvsPortSettings,
+    },
+}
+
+/// The VLAN and bond settings of an Open vSwitch port.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct OvsPortSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trunks: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bond_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lacp: Option<String>,
+}
+
+impl OvsPortSettings {
+    fn describe(&self) -> String {
+        let mut v = vec![];
+        if let Some(t) = self.tag {
+            v.push(format!("tag {t}"));
+        }
+        if !self.trunks.is_empty() {
+            v.push(format!(
+                "trunks {}",
+                self.trunks
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+        if let Some(m) = &self.bond_mode {
+            v.push(format!("bond {m}"));
+        }
+        if let Some(l) = &self.lacp {
+            v.push(format!("lacp {l}"));
+        }
+        v.join(" ")
+    }
 }
 
 impl PlanStep {
@@ -124,6 +189,47 @@ impl PlanStep {
             } => format!("start DHCP/DNS (dnsmasq) for network {network} on {bridge}"),
             PlanStep::StopDhcp { network } => {
                 format!("stop DHCP/DNS (dnsmasq) of network {network}")
+            }
+            PlanStep::OvsAddBridge { name, datapath } => format!(
+                "ovs: create bridge {name}{}",
+                datapath
+                    .as_deref()
+                    .map(|d| format!(" (datapath {d})"))
+                    .unwrap_or_default()
+            ),
+            PlanStep::OvsDelBridge { name } => format!("ovs: delete bridge {name}"),
+            PlanStep::OvsAddPort {
+                bridge,
+                port,
+                interfaces,
+                internal,
+                settings,
+            } => {
+                let d = settings.describe();
+                format!(
+                    "ovs: add {}port {port} to {bridge}{}{}",
+                    if *internal { "internal " } else { "" },
+                    if interfaces.len() > 1 {
+                        format!(" (bond of {})", interfaces.join(", "))
+                    } else {
+                        String::new()
+                    },
+                    if d.is_empty() { d } else { format!(" {d}") }
+                )
+            }
+            PlanStep::OvsDelPort { bridge, port } => {
+                format!("ovs: remove port {port} from {bridge}")
+            }
+            PlanStep::OvsSetPort { port, settings } => {
+                let d = settings.describe();
+                format!(
+                    "ovs: set port {port} {}",
+                    if d.is_empty() {
+                        "untagged".to_string()
+                    } else {
+                        d
+                    }
+                )
             }
         }
     }

@@ -102,9 +102,17 @@ fn attach_libvirt_agent_views(state: &mut HostState) {
     }
 }
 
-/// The host as configuration planning sees it (no processes, sockets, VMs or guests): fast.
-pub fn collect_for_config(netns: Option<&str>) -> Result<HostState, CliError> {
-    Ok(collect(&CollectOptions::config(netns.map(String::from)))?.state)
+/// The host as configuration planning sees it (no sockets, VMs or guests; processes only
+/// with `ovs`, to find Open vSwitch): fast.
+pub fn collect_for_config(netns: Option<&str>, ovs: bool) -> Result<HostState, CliError> {
+    let mut o = CollectOptions::config(netns.map(String::from));
+    o.processes = ovs;
+    let mut s = collect(&o)?.state;
+    if ovs {
+        s.vms.clear();
+        s.sockets.clear();
+    }
+    Ok(s)
 }
 
 /// The state a read command works on.

@@ -245,3 +245,237 @@ fn open_vswitch_vlans_bonds_and_daemons() {
         "{roots:?}"
     );
 }
+
+/// The OVS state without counters, as a comparable value.
+fn ovs_shape(netns: &str) -> Value {
+    let mut v = kvmnet_json(&["show", "ovs", "links", "addrs", "--json", "--netns", netns]);
+    if let Some(bs) = v["ovs"]["bridges"].as_array_mut() {
+        for b in bs {
+            for p in b["ports"].as_array_mut().into_iter().flatten() {
+                for i in p["interfaces"].as_array_mut().into_iter().flatten() {
+                    if let Some(o) = i.as_object_mut() {
+                        o.remove("statistics");
+                        o.remove("ofport");
+                    }
+                }
+            }
+        }
+    }
+    let o = v.as_object_mut().unwrap();
+    o.remove("collected_at");
+    for l in o["links"].as_array_mut().into_iter().flatten() {
+        if let Some(l) = l.as_object_mut() {
+            l.remove("stats");
+            if l.get("qdisc").and_then(Value::as_str) == Some("noop") {
+                l.insert("qdisc".into(), "noqueue".into());
+            }
+        }
+    }
+    for a in o["addresses"].as_array_mut().into_iter().flatten() {
+        if let Some(f) = a.get_mut("flags").and_then(Value::as_array_mut) {
+            f.retain(|x| x != "tentative");
+        }
+    }
+    // the kernel's IPv6 link-local addresses come and go with links
+    if let Some(a) = o.get_mut("addresses").and_then(Value::as_array_mut) {
+        a.retain(|x| !x["address"].as_str().unwrap_or("").starts_with("fe80"));
+    }
+    v
+}
+
+#[test]
+fn configure_an_ovs_network_with_two_vlans_and_a_bond() {
+    use kvmnet_testkit::{Lab, LabSpec, Netns, Ovs};
+    if !require_root("configure_an_ovs_network_with_two_vlans_and_a_bond") {
+        return;
+    }
+    for c in ["ovsdb-server", "ovs-vswitchd", "ethtool"] {
+        require_cmd(c);
+    }
+    let lab = Lab::build(LabSpec {
+        guests: 3,
+        configure_host: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let ovs = Ovs::start(&lab.hv).unwrap();
+    // guests: g1, g2 in VLAN 10, g3 in VLAN 20
+    for (g, (ip, gw)) in lab.guests.iter().zip([
+        ("10.0.10.11/24", "10.0.10.1"),
+        ("10.0.10.12/24", "10.0.10.1"),
+        ("10.0.20.13/24", "10.0.20.1"),
+    ]) {
+        g.ns.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
+        g.ns.ip(&["addr", "add", ip, "dev", "eth0"]).unwrap();
+        g.ns.ip(&["route", "add", "default", "via", gw]).unwrap();
+        g.ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
+    }
+    // two bond members towards a switch namespace
+    let prefix = lab.hv.name().strip_suffix("-hv").unwrap().to_string();
+    let sw = Netns::create(&prefix, "sw").unwrap();
+    for m in ["bm1", "bm2"] {
+        lab.hv
+            .ip(&[
+                "link",
+                "add",
+                m,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{m}p"),
+                "netns",
+                sw.name(),
+            ])
+            .unwrap();
+        sw.ip(&["link", "set", &format!("{m}p"), "up"]).unwrap();
+    }
+    let run = tempfile::tempdir().unwrap();
+    let kv = |args: &[&str]| {
+        assert_cmd::Command::cargo_bin("kvmnet")
+            .unwrap()
+            .env("KVMNET_RUN_DIR", run.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let before = ovs_shape(lab.hv.name());
+    let f = run.path().join("ovs.yaml");
+    std::fs::write(
+        &f,
+        "networks:
+  - name: prod
+    type: ovs
+    bridge: kvovs0
+    datapath: netdev
+    ports: [bm1, bm2]
+    bond:
+      mode: active-backup
+    vlans:
+      - id: 10
+        subnet: 10.0.10.0/24
+        gateway: 10.0.10.1
+      - id: 20
+        subnet: 10.0.20.0/24
+        gateway: 10.0.20.1
+vnics:
+  - vm: g1
+    tap: vnet1
+    network: prod
+    vlan: 10
+  - vm: g2
+    tap: vnet2
+    network: prod
+    vlan: 10
+  - vm: g3
+    tap: vnet3
+    network: prod
+    vlan: 20
+",
+    )
+    .unwrap();
+    let file = f.to_str().unwrap();
+    let out = kv(&["apply", "-f", file, "--netns", lab.hv.name()]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the switch as configured
+    let st = kvmnet_json(&["show", "ovs", "--json", "--netns", lab.hv.name()]);
+    let br = st["ovs"]["bridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "kvovs0")
+        .cloned()
+        .unwrap();
+    assert_eq!(br["datapath_type"], "netdev");
+    let port = |n: &str| {
+        br["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no port {n}: {br:#}"))
+    };
+    assert_eq!(port("kvovs0.up")["bond_mode"], "active-backup");
+    assert_eq!(port("kvovs0.up")["trunks"], serde_json::json!([10, 20]));
+    assert_eq!(port("vnet3")["tag"], 20);
+    assert_eq!(port("kvovs0.10")["tag"], 10);
+    // and it switches for real
+    let (g1, g2, g3) = (&lab.guests[0], &lab.guests[1], &lab.guests[2]);
+    assert!(eventually_ping(g2, "10.0.10.11"), "g2 reaches g1");
+    eventually("g1 reaches g2 in VLAN 10", 15, || {
+        g1.ns.ping("10.0.10.12", None)
+    });
+    assert!(
+        g1.ns.ping("10.0.10.1", None),
+        "g1 reaches its VLAN's host address"
+    );
+    assert!(
+        g3.ns.ping("10.0.20.1", None),
+        "g3 reaches its VLAN's host address"
+    );
+    assert!(
+        !g1.ns.ping("10.0.20.13", None),
+        "VLANs are separate (and the host does not route)"
+    );
+    // planned again: nothing to do
+    let out = kv(&["plan", "--json", "-f", file, "--netns", lab.hv.name()]);
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["changes"], 0, "{p:#}");
+    // doctor sees the VLANs as they are
+    let r = doctor(lab.hv.name(), "10.0.10.1", false);
+    let bad: Vec<_> = problems(&r)
+        .into_iter()
+        .filter(|(c, _, _)| c == "vlan-mismatch")
+        .collect();
+    assert!(bad.is_empty(), "{bad:?}");
+    // one field: g2 to VLAN 20 is exactly one port change
+    std::fs::write(
+        run.path().join("ovs2.yaml"),
+        std::fs::read_to_string(&f).unwrap().replace(
+            "    tap: vnet2\n    network: prod\n    vlan: 10",
+            "    tap: vnet2\n    network: prod\n    vlan: 20",
+        ),
+    )
+    .unwrap();
+    let out = kv(&[
+        "plan",
+        "--json",
+        "-f",
+        run.path().join("ovs2.yaml").to_str().unwrap(),
+        "--netns",
+        lab.hv.name(),
+    ]);
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["changes"], 1, "{p:#}");
+    assert_eq!(p["steps"][0]["op"], "ovs-set-port");
+    // rolled back, the switch and the host are as before
+    let out = kv(&["rollback", "--netns", lab.hv.name()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = ovs_shape(lab.hv.name());
+    assert_eq!(
+        serde_json::to_string_pretty(&before).unwrap(),
+        serde_json::to_string_pretty(&after).unwrap()
+    );
+    drop(ovs);
+    drop(sw);
+}
+
+fn eventually_ping(g: &kvmnet_testkit::Guest, dst: &str) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(15) {
+        if g.ns.ping(dst, None) {
+            return true;
+        }
+    }
+    false
+}

@@ -60,11 +60,18 @@ fn observe_and_plan(
     owned: &Owned,
     force: bool,
 ) -> Result<(HostState, Plan), CliError> {
-    // vNICs given by their VM need the VMs (processes, libvirt)
+    // vNICs given by their VM need the VMs (processes, libvirt); Open vSwitch needs its
+    // daemons found
+    let ovs = d
+        .networks
+        .iter()
+        .any(|n| n.kind == kvmnet_config::schema::NetworkType::Ovs)
+        || !owned.ovs_bridges.is_empty()
+        || !owned.ovs_ports.is_empty();
     let state = if d.vnics.iter().any(|v| v.tap.is_empty()) {
         crate::source::collect_live(netns)?
     } else {
-        crate::source::collect_for_config(netns)?
+        crate::source::collect_for_config(netns, ovs)?
     };
     let mut dhcp = std::collections::BTreeMap::new();
     let nets: std::collections::BTreeSet<&str> = d

@@ -204,6 +204,37 @@ fn check_ports(cx: &Ctx, out: &mut Vec<Finding>) {
                     .affects([vm.name.clone()]),
                 );
             }
+            // libvirt's <vlan> against the port OVS actually has
+            if let (Some((b, p)), kvmnet_model::VmSource::Libvirt) = (port, vm.source) {
+                let want: Vec<u16> = n.vlan_tags.clone();
+                let have: Vec<u16> = if p.is_trunk() {
+                    p.trunks.clone()
+                } else {
+                    p.tag.into_iter().collect()
+                };
+                if !want.is_empty() && want != have {
+                    out.push(
+                        Finding::new(
+                            "vlan-mismatch",
+                            Severity::Error,
+                            Layer::Virtual,
+                            format!("{}/{dev}: the domain asks for VLAN {want:?}, but OVS port {} of {} has {have:?}", vm.name, p.name, b.name),
+                        )
+                        .subject([vm.name.clone(), p.name.clone()])
+                        .evidence([
+                            format!("domain interface: <vlan> {want:?}{}", if n.vlan_trunk { " trunk" } else { "" }),
+                            format!("ovs port {}: tag {:?}, trunks {:?}", p.name, p.tag, p.trunks),
+                        ])
+                        .impact("the guest is on another VLAN than its definition says")
+                        .commands([if n.vlan_trunk {
+                            format!("ovs-vsctl set port {} trunks={}", p.name, want.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","))
+                        } else {
+                            format!("ovs-vsctl set port {} tag={}", p.name, want[0])
+                        }])
+                        .affects([vm.name.clone()]),
+                    );
+                }
+            }
             if let Some((b, p)) = port {
                 if let Some(i) = p
                     .interfaces

@@ -488,6 +488,19 @@ fn libvirt_expects_an_ovs_port_that_does_not_exist() {
     assert_eq!(f.severity, Severity::Error);
     assert!(f.subject.contains(&"vnet8".to_string()));
     assert!(f.fix.commands[0].contains("ovs-vsctl add-port ovsbr0 vnet8"));
+    // the domain's <vlan> against the port OVS has
+    s.vms.last_mut().unwrap().vnics[0].host_dev = Some("vnet7".into());
+    s.vms.last_mut().unwrap().vnics[0].vlan_tags = vec![20];
+    let r = run(&s);
+    assert!(
+        r.findings.iter().any(|f| f.code == "vlan-mismatch"
+            && f.summary.contains("[20]")
+            && f.affects == vec!["app1".to_string()]),
+        "{:#?}",
+        r.findings
+    );
+    s.vms.last_mut().unwrap().vnics[0].vlan_tags = vec![10];
+    assert!(!run(&s).findings.iter().any(|f| f.code == "vlan-mismatch"));
     // vswitchd gone: ovs-not-running for the VMs on the switch
     s.ovs.as_mut().unwrap().vswitchd_running = false;
     let r = run(&s);

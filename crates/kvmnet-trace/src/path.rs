@@ -1857,10 +1857,23 @@ impl<'a> Walk<'_, 'a> {
             ));
         }
         if let Some(f) = br.custom_flows.as_ref().filter(|f| !f.is_empty()) {
+            let mut flow = format!("in_port={from}");
+            if !pkt.is_v6() {
+                flow.push_str(&format!(
+                    ",dl_type=0x0800,nw_src={},nw_dst={},nw_proto={}",
+                    pkt.src, pkt.dst, pkt.proto
+                ));
+                if matches!(pkt.proto, 6 | 17) {
+                    flow.push_str(&format!(",tp_src={},tp_dst={}", pkt.sport, pkt.dport));
+                }
+            }
+            if let Some(m) = pkt.src_mac {
+                flow.push_str(&format!(",dl_src={m}"));
+            }
             return Err(Verdict::Unknown {
                 at: self.stage(&stage),
                 what: format!(
-                    "{} has {} OpenFlow rule(s) besides NORMAL (first: {}); kvmnet simulates NORMAL only: ask the switch with `ovs-appctl ofproto/trace {} in_port={from}`",
+                    "{} has {} OpenFlow rule(s) besides NORMAL (first: {}); kvmnet simulates NORMAL only: ask the switch with `ovs-appctl ofproto/trace {} {flow}`",
                     br.name,
                     f.len(),
                     f[0],

@@ -93,9 +93,15 @@ pub fn run(a: TraceArgs, color: bool) -> Result<i32, CliError> {
         size: a.size,
         df: !a.no_df,
     };
-    let trace = tracer
+    let mut trace = tracer
         .trace(&spec)
         .map_err(|e| CliError::input(e.to_string()))?;
+    // an Open vSwitch hop with custom OpenFlow rules: the live switch answers for itself
+    if a.from_snapshot.is_none() {
+        if let Some(ovs) = &state.ovs {
+            delegate_to_ovs(&mut trace, ovs);
+        }
+    }
     let text = if a.json {
         crate::output::json(&trace)?
     } else {
@@ -106,4 +112,69 @@ pub fn run(a: TraceArgs, color: bool) -> Result<i32, CliError> {
         Verdict::Delivered { .. } => 0,
         _ => 3,
     })
+}
+
+/// Asks ovs-vswitchd's own `ofproto/trace` about the hop kvmnet cannot simulate (a bridge with
+/// custom OpenFlow rules), and adds its answer: a drop becomes the verdict, an output is told.
+fn delegate_to_ovs(trace: &mut kvmnet_trace::Trace, ovs: &kvmnet_model::ovs::OvsState) {
+    let Verdict::Unknown { at, what, .. } = &trace.verdict else {
+        return;
+    };
+    let Some(cmd) = what
+        .split("`ovs-appctl ofproto/trace ")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+    else {
+        return;
+    };
+    let mut parts = cmd.split_whitespace();
+    let (Some(bridge), Some(flow)) = (parts.next(), parts.next()) else {
+        return;
+    };
+    // the control socket of ovs-vswitchd, next to its database socket
+    let dir = std::path::Path::new(&ovs.db)
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let ctl = std::fs::read_dir(&dir).ok().and_then(|rd| {
+        rd.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("ovs-vswitchd.") && n.ends_with(".ctl"))
+        })
+    });
+    let mut c = std::process::Command::new("ovs-appctl");
+    if let Some(ctl) = &ctl {
+        c.arg("-t").arg(ctl);
+    }
+    let Ok(out) = c.args(["ofproto/trace", bridge, flow]).output() else {
+        return;
+    };
+    if !out.status.success() {
+        return;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(actions) = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Datapath actions: "))
+        .map(|a| a.trim().to_string())
+    else {
+        return;
+    };
+    let at = at.clone();
+    trace.hops.push(kvmnet_trace::Hop {
+        stage: at.clone(),
+        decision: format!("ovs-appctl ofproto/trace: datapath actions {actions}"),
+        facts: vec![format!("ofproto/trace {bridge} {flow}")],
+        rule: None,
+    });
+    if actions == "drop" {
+        trace.verdict = Verdict::Dropped {
+            at,
+            cause: "ovs-flow".into(),
+            reason: format!("the OpenFlow rules of {bridge} drop it (ovs-appctl ofproto/trace)"),
+            rule: None,
+            reply: false,
+        };
+    }
 }

@@ -97,6 +97,15 @@ kvmnet import > net.yaml\n  kvmnet import --netns hv1 -o net.yaml\n  kvmnet impo
         after_help = "Examples:\n  kvmnet export libvirt lan -f net.yaml > lan.xml\n  virsh net-define lan.xml"
     )]
     Export(ExportArgs),
+    /// Serve Prometheus metrics: per-VM traffic, links, conntrack and doctor's findings.
+    #[command(
+        after_help = "Scrapes are served from the last collection and never wait for one. vNIC counters are \
+from the guest's point of view. Listens on loopback unless told otherwise; --web-config takes the \
+Prometheus exporter-toolkit format (TLS, basic auth with bcrypt hashes).\n\nExamples:\n  \
+kvmnet exporter\n  kvmnet exporter --listen 0.0.0.0:9847 --web-config /etc/kvmnet/web.yml\n  \
+kvmnet exporter --interval 30s --probe-interval 5m --target 203.0.113.1"
+    )]
+    Exporter(ExporterArgs),
     /// (internal) rolls back an unconfirmed apply when its time is up.
     #[command(hide = true, name = "confirm-watchdog")]
     ConfirmWatchdog(WatchdogArgs),
@@ -166,6 +175,31 @@ pub struct ExportArgs {
     /// The desired state holding the network.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExporterArgs {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:9847")]
+    pub listen: String,
+    /// How often to collect the host (15s, 1m, 500ms).
+    #[arg(long, default_value = "15s")]
+    pub interval: String,
+    /// Collect this network namespace instead of our own.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// TLS and basic authentication (Prometheus exporter-toolkit format).
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
+    /// Also run doctor's active probes this often (off by default).
+    #[arg(long, value_name = "DURATION")]
+    pub probe_interval: Option<String>,
+    /// The outside address doctor and its probes test (default: the default gateway).
+    #[arg(long, value_name = "IP")]
+    pub target: Option<std::net::IpAddr>,
+    /// Export no findings (no doctor run).
+    #[arg(long)]
+    pub no_doctor: bool,
 }
 
 #[derive(Debug, Args)]

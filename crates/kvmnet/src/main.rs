@@ -5,6 +5,7 @@
 mod cli;
 mod cmd;
 mod error;
+mod exporter;
 mod output;
 mod render;
 mod source;

@@ -25,5 +25,14 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Import(a) => config::import(a),
         Command::Export(a) => config::export(a),
         Command::ConfirmWatchdog(a) => config::watchdog(a),
+        Command::Exporter(a) => crate::exporter::run(a),
     }
+}
+
+/// Probes for the exporter (every VM, the given target).
+pub fn probe_for_exporter(
+    s: &kvmnet_model::HostState,
+    target: Option<std::net::IpAddr>,
+) -> Vec<kvmnet_doctor::ProbeResult> {
+    probe::run_probes(s, target, None, &[]).0
 }

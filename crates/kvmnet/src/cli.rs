@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(
     name = "kvmnet",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KVMNET_GIT_REV"), ")"),
     about = "See, diagnose, trace and configure virtual-machine networking on KVM hosts",
     long_about = "kvmnet reads a KVM host's network (links, bridges, taps, VMs, addresses, routes, \
 neighbours, FDB, sysctls, nftables, qdiscs, libvirt networks and domains) straight from the \
@@ -106,6 +106,36 @@ kvmnet exporter\n  kvmnet exporter --listen 0.0.0.0:9847 --web-config /etc/kvmne
 kvmnet exporter --interval 30s --probe-interval 5m --target 203.0.113.1"
     )]
     Exporter(ExporterArgs),
+    /// A guided tour: build a throwaway KVM host in namespaces, break it, diagnose, trace and
+    /// fix it, then remove it.
+    #[command(
+        after_help = "Runs as root; everything lives in network namespaces named kvmnet-demo-<pid>-* \
+that are removed at the end, also on Ctrl-C. Faults: ip-forward-disabled, nat-masquerade-missing, \
+tap-not-in-bridge, tap-down, bridge-down.\n\nExamples:\n  sudo kvmnet demo\n  \
+sudo kvmnet demo --fault nat-masquerade-missing"
+    )]
+    Demo(DemoArgs),
+    /// Draw the host: VMs, their devices, switches, routing and NAT, uplinks; faulty hops in
+    /// red with their finding code.
+    #[command(
+        after_help = "Examples:\n  kvmnet topo > host.svg\n  kvmnet topo -o dot | dot -Tpng > host.png\n  \
+kvmnet topo --from host.json --target 203.0.113.1 > ticket.svg"
+    )]
+    Topo(TopoArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  kvmnet completions bash > /usr/share/bash-completion/completions/kvmnet\n  \
+kvmnet completions zsh > /usr/local/share/zsh/site-functions/_kvmnet\n  kvmnet completions fish > ~/.config/fish/completions/kvmnet.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    #[command(
+        after_help = "Examples:\n  kvmnet man > /usr/local/share/man/man1/kvmnet.1 && man kvmnet"
+    )]
+    Man,
     /// (internal) rolls back an unconfirmed apply when its time is up.
     #[command(hide = true, name = "confirm-watchdog")]
     ConfirmWatchdog(WatchdogArgs),
@@ -175,6 +205,34 @@ pub struct ExportArgs {
     /// The desired state holding the network.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TopoArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = TopoFormat::Svg)]
+    pub output: TopoFormat,
+    /// The outside address doctor tests to mark faulty hops (default: the default gateway).
+    #[arg(long, value_name = "IP")]
+    pub target: Option<std::net::IpAddr>,
+    /// Draw without running doctor (no fault marks).
+    #[arg(long)]
+    pub no_doctor: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TopoFormat {
+    Svg,
+    Dot,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The fault to inject (default: one at random).
+    #[arg(long, value_name = "CODE")]
+    pub fault: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -114,3 +114,70 @@ fn show_from_a_minimal_snapshot() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("schema_version: 1"));
 }
+
+#[test]
+fn version_names_the_revision_and_completions_and_man_page_come_out() {
+    let out = assert_cmd::Command::cargo_bin("kvmnet")
+        .unwrap()
+        .arg("--version")
+        .output()
+        .unwrap();
+    let v = String::from_utf8_lossy(&out.stdout);
+    assert!(v.starts_with("kvmnet 0."), "{v}");
+    assert!(v.contains('(') && v.contains(')'), "the revision: {v}");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = assert_cmd::Command::cargo_bin("kvmnet")
+            .unwrap()
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let t = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success());
+        for sub in ["doctor", "trace", "apply", "exporter", "topo"] {
+            assert!(t.contains(sub), "{shell} completions lack {sub}");
+        }
+    }
+    let out = assert_cmd::Command::cargo_bin("kvmnet")
+        .unwrap()
+        .arg("man")
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains(".TH kvmnet 1"), "{t}");
+    assert!(t.contains("doctor"));
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    let out = assert_cmd::Command::cargo_bin("kvmnet")
+        .unwrap()
+        .arg("--help")
+        .output()
+        .unwrap();
+    let top = String::from_utf8_lossy(&out.stdout).to_string();
+    let commands: Vec<String> = top
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| !l.starts_with("Options"))
+        // command lines are indented by two; wrapped descriptions by more
+        .filter(|l| l.starts_with("  ") && !l[2..].starts_with(' '))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| *w != "help")
+        .map(String::from)
+        .collect();
+    assert!(commands.len() >= 14, "{commands:?}");
+    for c in commands {
+        let out = assert_cmd::Command::cargo_bin("kvmnet")
+            .unwrap()
+            .args([c.as_str(), "--help"])
+            .output()
+            .unwrap();
+        let h = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            h.contains("Examples:"),
+            "`kvmnet {c} --help` has no examples:\n{h}"
+        );
+    }
+}

@@ -134,3 +134,23 @@ fn show_vms_human() {
     let (text, _) = run(&["show", "vms", "networks", "--from", &f]);
     insta::assert_snapshot!(text);
 }
+
+#[test]
+fn topo_faults_svg() {
+    let (text, code) = run(&["topo", "--from", &fixture("nat-lab-faults.json")]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn topo_healthy_dot() {
+    let (text, code) = run(&[
+        "topo",
+        "-o",
+        "dot",
+        "--from",
+        &fixture("nat-lab-healthy.json"),
+    ]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(text);
+}

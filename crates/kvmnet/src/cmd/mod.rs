@@ -1,6 +1,7 @@
 //! Command dispatch.
 
 mod config;
+mod demo;
 mod doctor;
 mod probe;
 mod show;
@@ -26,6 +27,41 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Export(a) => config::export(a),
         Command::ConfirmWatchdog(a) => config::watchdog(a),
         Command::Exporter(a) => crate::exporter::run(a),
+        Command::Demo(a) => demo::run(a, color),
+        Command::Topo(a) => {
+            let state = crate::source::load(a.source.netns.as_deref(), a.source.from.as_deref())?;
+            let report = (!a.no_doctor).then(|| {
+                kvmnet_doctor::diagnose(
+                    &state,
+                    &kvmnet_doctor::Options {
+                        target: a.target,
+                        ..Default::default()
+                    },
+                )
+            });
+            let text = match a.output {
+                crate::cli::TopoFormat::Svg => crate::render::topo::svg(&state, report.as_ref()),
+                crate::cli::TopoFormat::Dot => crate::render::topo::dot(&state, report.as_ref()),
+            };
+            crate::output::print(text.trim_end())?;
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "kvmnet", &mut out);
+            crate::output::print(String::from_utf8_lossy(&out).trim_end())?;
+            Ok(0)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .map_err(|e| CliError::runtime(e.to_string()))?;
+            crate::output::print(String::from_utf8_lossy(&out).trim_end())?;
+            Ok(0)
+        }
     }
 }
 
@@ -35,4 +71,16 @@ pub fn probe_for_exporter(
     target: Option<std::net::IpAddr>,
 ) -> Vec<kvmnet_doctor::ProbeResult> {
     probe::run_probes(s, target, None, &[]).0
+}
+
+/// True when running as root (effective uid 0).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
 }

@@ -3,4 +3,5 @@
 pub mod doctor;
 pub mod show;
 pub mod table;
+pub mod topo;
 pub mod trace;

@@ -122,6 +122,15 @@ sudo kvmnet demo --fault nat-masquerade-missing"
 kvmnet topo --from host.json --target 203.0.113.1 > ticket.svg"
     )]
     Topo(TopoArgs),
+    /// Measure the network between the host and a VM, or two VMs: TCP throughput, UDP packet
+    /// rate, round-trip time; then tuning advice.
+    #[command(
+        after_help = "Built in: no iperf3 needed. Namespace guests and the host take part directly; QEMU and \
+libvirt guests through their guest agent (one TCP stream with the guest's nc).\n\nExamples:\n  \
+kvmnet bench --from vm:web1 --to vm:db1\n  kvmnet bench --from host --to vm:web1 --duration 20s --streams 8\n  \
+kvmnet bench --netns hv1 --from vm:web1 --to host --json"
+    )]
+    Bench(BenchArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Examples:\n  kvmnet completions bash > /usr/share/bash-completion/completions/kvmnet\n  \
@@ -226,6 +235,28 @@ pub struct TopoArgs {
 pub enum TopoFormat {
     Svg,
     Dot,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Where the traffic starts: host or vm:NAME.
+    #[arg(long)]
+    pub from: String,
+    /// Where it goes: host or vm:NAME.
+    #[arg(long)]
+    pub to: String,
+    /// How long the throughput test runs (the packet-rate test a third of it).
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Parallel TCP streams.
+    #[arg(long, default_value_t = 4)]
+    pub streams: usize,
+    /// The host is this network namespace.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -217,6 +217,25 @@ fn real_qemu_guests_are_seen_probed_and_diagnosed() {
         "{r:#}"
     );
 
+    // kvmnet bench into and out of a QEMU guest, through its agent
+    for (from, to) in [("host", "vm:vm1"), ("vm:vm1", "host")] {
+        let r = kvmnet(&[
+            "bench",
+            "--json",
+            "--netns",
+            lab.hv.name(),
+            "--from",
+            from,
+            "--to",
+            to,
+            "--duration",
+            "2s",
+        ]);
+        let bps = r["tcp_bits_per_second"].as_f64().unwrap_or(0.0);
+        assert!(bps > 1e6, "{from} -> {to}: {r:#}");
+        assert!(r["notes"].to_string().contains("guest agent"), "{r:#}");
+    }
+
     for f in catalogue() {
         (f.inject)(&lab);
         eventually(&format!("{}: the fault shows inside vm1", f.code), || {

@@ -1,5 +1,6 @@
 //! Command dispatch.
 
+mod bench;
 mod config;
 mod demo;
 mod doctor;
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Command::ConfirmWatchdog(a) => config::watchdog(a),
         Command::Exporter(a) => crate::exporter::run(a),
         Command::Demo(a) => demo::run(a, color),
+        Command::Bench(a) => bench::run(a),
         Command::Topo(a) => {
             let state = crate::source::load(a.source.netns.as_deref(), a.source.from.as_deref())?;
             let report = (!a.no_doctor).then(|| {

@@ -285,28 +285,64 @@ pub fn run_probes(
         }
     }
     let total = jobs.len() + agent_jobs.iter().map(|a| a.2.len()).sum::<usize>();
-    if total > 4 && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!("kvmnet: running {total} probes...");
-    }
+    let show = total > 4 && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let finished = std::sync::atomic::AtomicBool::new(false);
     let (mut results, agent_results) = std::thread::scope(|sc| {
-        let hs: Vec<_> = jobs.iter().map(|j| sc.spawn(move || run_job(j))).collect();
+        // a progress line while probes wait for their answers (a second or more)
+        let (done_ref, fin_ref) = (&done, &finished);
+        if show {
+            sc.spawn(move || {
+                use std::sync::atomic::Ordering;
+                let t0 = std::time::Instant::now();
+                while !fin_ref.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if t0.elapsed() > Duration::from_millis(500) {
+                        let d = done_ref.load(Ordering::Relaxed).min(total);
+                        let n = d * 30 / total.max(1);
+                        eprint!(
+                            "\rkvmnet: probes [{}{}] {d}/{total}",
+                            "#".repeat(n),
+                            " ".repeat(30 - n)
+                        );
+                    }
+                }
+                if t0.elapsed() > Duration::from_millis(500) {
+                    eprintln!("\rkvmnet: probes [{}] {total}/{total}", "#".repeat(30));
+                }
+            });
+        }
+        let hs: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                sc.spawn(move || {
+                    let r = run_job(j);
+                    done_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    r
+                })
+            })
+            .collect();
         let ahs: Vec<_> = agent_jobs
             .iter()
             .map(|(name, vm, js)| {
                 sc.spawn(move || {
                     let refs: Vec<&Job> = js.iter().collect();
-                    (name.clone(), run_agent_jobs(vm, &refs))
+                    let r = (name.clone(), run_agent_jobs(vm, &refs));
+                    done_ref.fetch_add(js.len(), std::sync::atomic::Ordering::Relaxed);
+                    r
                 })
             })
             .collect();
-        (
+        let out = (
             hs.into_iter()
                 .filter_map(|h| h.join().ok())
                 .collect::<Vec<_>>(),
             ahs.into_iter()
                 .filter_map(|h| h.join().ok())
                 .collect::<Vec<_>>(),
-        )
+        );
+        fin_ref.store(true, std::sync::atomic::Ordering::Relaxed);
+        out
     });
     for (vm, r) in agent_results {
         match r {

@@ -80,6 +80,26 @@ fn bench_measures_guest_paths_and_advises() {
         r["advice"].to_string().contains("20 Mbit/s rate limit"),
         "{r}"
     );
+    // on a terminal, a progress bar while it measures (util-linux `script` gives a terminal)
+    let bin = assert_cmd::cargo::cargo_bin("kvmnet");
+    let out = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "{} bench --netns {} --from {g1} --to host --duration 2s --streams 1",
+                bin.display(),
+                lab.hv.name()
+            ),
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("TCP") && text.contains("100%") && text.contains("\r"),
+        "{text}"
+    );
+    assert!(text.contains("Gbit/s") || text.contains("Mbit/s"), "{text}");
     // bad input
     let out = assert_cmd::Command::cargo_bin("kvmnet")
         .unwrap()

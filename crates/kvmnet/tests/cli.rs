@@ -181,3 +181,52 @@ fn every_command_has_help_with_examples() {
         );
     }
 }
+
+/// Colour: on a terminal only, never with NO_COLOR, forced with --color always/never.
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let fixture = format!(
+        "{}/tests/fixtures/nat-lab-faults.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let bin = assert_cmd::cargo::cargo_bin("kvmnet");
+    let esc = |b: &[u8]| b.windows(2).any(|w| w == b"\x1b[");
+    // piped: no colour
+    let out = kvmnet()
+        .args(["doctor", "--from", &fixture])
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(!out.stdout.is_empty() && !esc(&out.stdout));
+    // forced
+    let out = kvmnet()
+        .args(["doctor", "--from", &fixture, "--color", "always"])
+        .output()
+        .unwrap();
+    assert!(esc(&out.stdout));
+    // on a terminal (util-linux `script` gives the command a pseudo-terminal)
+    let on_tty = |no_color: Option<&str>, extra: &str| {
+        let mut c = std::process::Command::new("script");
+        c.args([
+            "-qec",
+            &format!("{} doctor --from {fixture} {extra}", bin.display()),
+            "/dev/null",
+        ]);
+        c.env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        c.output().expect("script (util-linux) runs")
+    };
+    let out = on_tty(None, "");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("guest-wrong-gateway"),
+        "{out:?}"
+    );
+    assert!(esc(&out.stdout), "a terminal gets colour");
+    assert!(
+        !esc(&on_tty(Some("1"), "").stdout),
+        "NO_COLOR=1 turns colour off"
+    );
+    assert!(!esc(&on_tty(None, "--color never").stdout));
+}

@@ -118,6 +118,7 @@ fn direct(s: &Side) -> bool {
 }
 
 fn progress(on: bool, what: &str, done: f64) {
+    let done = done.clamp(0.0, 1.0);
     if on {
         let n = (done * 30.0) as usize;
         eprint!(
@@ -195,6 +196,7 @@ fn tcp_throughput(
         std::thread::sleep(Duration::from_millis(100));
         progress(tty, "TCP", t0.elapsed().as_secs_f64() / dur.as_secs_f64());
     }
+    progress(tty, "TCP", 1.0);
     let bytes = total.load(Ordering::Relaxed) - start_bytes;
     let secs = t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
@@ -247,6 +249,7 @@ fn udp_rate(a: &Side, b: &Side, dur: Duration, tty: bool) -> Result<(f64, f64), 
             progress(tty, "UDP", t0.elapsed().as_secs_f64() / dur.as_secs_f64());
         }
     }
+    progress(tty, "UDP", 1.0);
     let secs = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
     done.store(true, Ordering::Relaxed);

@@ -261,6 +261,7 @@ pub fn run(a: DemoArgs, color: bool) -> Result<i32, CliError> {
         ));
     }
     let _ = ctrlc::set_handler(|| {
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
         teardown();
         eprintln!("\nkvmnet demo: interrupted; the lab is removed");
         std::process::exit(130);
@@ -376,6 +377,16 @@ pub fn run(a: DemoArgs, color: bool) -> Result<i32, CliError> {
         let _ = std::fs::remove_dir_all(kvmnet_linux::apply::ns_dir(Some(&lab.hv)));
         Ok(if ok { 0 } else { 3 })
     })();
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        // the handler is removing the lab (which is why a step may have failed just now) and
+        // ends the process with 130
+        loop {
+            std::thread::park();
+        }
+    }
     teardown();
     result
 }
+
+/// Set by the Ctrl-C handler before it removes the lab.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -10,6 +10,8 @@ pub mod ip;
 pub mod link;
 pub mod network;
 pub mod nft;
+pub mod nft_json;
+pub mod nft_script;
 pub mod nft_text;
 pub mod ovs;
 pub mod plan;

@@ -370,6 +370,8 @@ pub fn compile(rs: &NftRuleset) -> Compiled {
                             | Op::XtTarget(XtTarget::Reject { .. })
                             | Op::XtTarget(XtTarget::Unknown { .. })
                     )
+                    // a rule kvmnet's nft reader kept as text could do anything
+                    || matches!(o, Op::Unknown { name } if name.starts_with("rule kvmnet cannot read:"))
                 });
                 rules.push(Rule {
                     handle: r.handle,
@@ -518,6 +520,11 @@ fn compile_expr(
             set,
             invert,
         } => match sets.get(set) {
+            Some(&si) if all_sets.get(si).is_some_and(|s| s.set.has_flag("untyped")) => {
+                Op::Unknown {
+                    name: format!("lookup in set {set}, whose key kvmnet does not model"),
+                }
+            }
             Some(&si) => {
                 let verdict_map = *dreg == Some(0)
                     || all_sets.get(si).is_some_and(|s| {

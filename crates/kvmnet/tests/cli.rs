@@ -230,3 +230,44 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
     );
     assert!(!esc(&on_tty(None, "--color never").stdout));
 }
+
+/// `trace --ruleset`: a ruleset loads (through the kernel, or kvmnet's own reader where the
+/// kernel or privileges are missing) and what cannot be evaluated is listed; a broken one is
+/// one clear error naming the file and line.
+#[test]
+fn trace_ruleset_files_load_or_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(
+        &dir,
+        "fw.nft",
+        "table inet fw {\n  chain fwd {\n    type filter hook forward priority filter; policy drop;\n    ct state established,related accept\n    tcp dport 22 meta cpu 1 accept\n  }\n}\n",
+    );
+    let out = kvmnet()
+        .args(["trace", "--explain-unsupported", "--json", "--ruleset"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{v}");
+    assert_eq!(list[0]["chain"], "fwd");
+    assert!(list[0]["what"].as_str().unwrap().contains("cpu"), "{v}");
+    let bad = write(
+        &dir,
+        "bad.nft",
+        "table inet fw {\n  chain fwd {\n    tcp dport 22 accept\n",
+    );
+    let out = kvmnet()
+        .args(["trace", "--explain-unsupported", "--ruleset"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.nft") && err.contains("line"), "{err}");
+}

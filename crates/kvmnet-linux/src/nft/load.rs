@@ -115,6 +115,88 @@ pub enum LoadError {
     Namespace(std::io::Error),
     #[error(transparent)]
     Read2(#[from] Error),
+    #[error("{file}: line {line}: {msg}")]
+    Parse {
+        file: String,
+        line: usize,
+        msg: String,
+    },
+}
+
+/// Reads ruleset files with kvmnet's own nft reader (no kernel, no privileges): nft JSON,
+/// nft scripts and recorded command lists, in order, into one ruleset.
+pub fn parse_ruleset_files(paths: &[&Path]) -> Result<NftRuleset, LoadError> {
+    let mut rs = NftRuleset::default();
+    for p in paths {
+        let file = p.display().to_string();
+        let text = std::fs::read_to_string(p).map_err(|e| LoadError::Read(file.clone(), e))?;
+        match detect(&text) {
+            RulesetFormat::Json => {
+                kvmnet_model::nft_json::load_json(&text, &mut rs).map_err(|e| match e {
+                    kvmnet_model::nft_json::JsonRulesetError::Syntax { line, column, msg } => {
+                        LoadError::Parse {
+                            file,
+                            line,
+                            msg: format!("column {column}: {msg}"),
+                        }
+                    }
+                    kvmnet_model::nft_json::JsonRulesetError::Structure(msg) => {
+                        LoadError::Parse { file, line: 0, msg }
+                    }
+                })?
+            }
+            f => {
+                let script = if f == RulesetFormat::Commands {
+                    commands_to_script(&text)
+                } else {
+                    text
+                };
+                kvmnet_model::nft_script::load_script(&script, &mut rs).map_err(|e| {
+                    LoadError::Parse {
+                        file,
+                        line: e.line,
+                        msg: e.msg,
+                    }
+                })?
+            }
+        }
+    }
+    Ok(rs)
+}
+
+/// How a ruleset was loaded.
+#[derive(Debug)]
+pub struct Loaded {
+    pub ruleset: NftRuleset,
+    /// Set when the kernel could not load it (a feature it lacks, syntax newer than this nft,
+    /// no privileges for a private namespace) and kvmnet's own reader did: the kernel's reason.
+    pub kernel_refused: Option<String>,
+}
+
+/// Loads through the kernel when it can (exactly what the kernel would run), else with
+/// kvmnet's own reader; fails only when both fail.
+pub fn load_or_parse_ruleset_files(paths: &[&Path]) -> Result<Loaded, LoadError> {
+    match load_ruleset_files(paths) {
+        Ok(ruleset) => Ok(Loaded {
+            ruleset,
+            kernel_refused: None,
+        }),
+        Err(e @ (LoadError::Refused { .. } | LoadError::Namespace(_))) => {
+            match parse_ruleset_files(paths) {
+                Ok(ruleset) => Ok(Loaded {
+                    ruleset,
+                    kernel_refused: Some(e.to_string()),
+                }),
+                Err(LoadError::Parse { file, line, msg }) => Err(LoadError::Parse {
+                    file,
+                    line,
+                    msg: format!("{msg} (and the kernel refused it too: {e})"),
+                }),
+                Err(other) => Err(other),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Loads ruleset files (in order, into one private namespace) and reads them back.

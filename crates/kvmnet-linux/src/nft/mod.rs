@@ -9,4 +9,6 @@ pub mod load;
 
 pub use attr::{Attr, AttrIter};
 pub use decode::dump_ruleset;
-pub use load::{load_ruleset_files, LoadError};
+pub use load::{
+    load_or_parse_ruleset_files, load_ruleset_files, parse_ruleset_files, LoadError, Loaded,
+};

@@ -46,11 +46,19 @@ pub fn run(a: TraceArgs, color: bool) -> Result<i32, CliError> {
     };
     if !a.ruleset.is_empty() {
         let paths: Vec<&std::path::Path> = a.ruleset.iter().map(|p| p.as_path()).collect();
-        state.nftables = kvmnet_linux::nft::load_ruleset_files(&paths).map_err(|e| match e {
-            kvmnet_linux::nft::LoadError::Read(..)
-            | kvmnet_linux::nft::LoadError::Refused { .. } => CliError::input(e.to_string()),
-            other => CliError::runtime(other.to_string()),
-        })?;
+        let loaded =
+            kvmnet_linux::nft::load_or_parse_ruleset_files(&paths).map_err(|e| match e {
+                kvmnet_linux::nft::LoadError::Read(..)
+                | kvmnet_linux::nft::LoadError::Refused { .. }
+                | kvmnet_linux::nft::LoadError::Parse { .. } => CliError::input(e.to_string()),
+                other => CliError::runtime(other.to_string()),
+            })?;
+        if let Some(why) = &loaded.kernel_refused {
+            eprintln!(
+                "kvmnet: the kernel here could not load the ruleset ({why}); it was read with kvmnet's own nft reader instead: `--explain-unsupported` lists what it cannot evaluate"
+            );
+        }
+        state.nftables = loaded.ruleset;
     }
     let tracer = Tracer::new(&state);
     if a.explain_unsupported {

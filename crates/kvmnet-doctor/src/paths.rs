@@ -615,15 +615,33 @@ fn finding_from_trace(
         .subject(["main table"])
         .evidence([trail])
         .affects([vm.name.clone()]),
-        "vlan-mismatch" | "ovs-not-running" => Finding::new(
-            cause.as_str(),
-            Severity::Error,
-            Layer::Virtual,
-            format!("{}: {reason}", vm.name),
-        )
-        .subject([vm.name.clone()])
-        .evidence([trail])
-        .affects([vm.name.clone()]),
+        "vlan-mismatch" | "ovs-not-running" => {
+            // a Linux bridge filtering VLANs: the guest's port joins the VLAN of the host's
+            // own address on the bridge
+            let fixes: Vec<String> = vm
+                .vnics
+                .iter()
+                .filter_map(|n| {
+                    let port = n.host_dev.as_deref()?;
+                    let br = s.link(s.link(port)?.master.as_deref()?)?;
+                    let b = br.bridge.as_ref().filter(|b| b.vlan_filtering)?;
+                    let want = kvmnet_model::link::pvid_of(&b.self_vlans)?;
+                    Some(cx.cmd(&format!(
+                        "bridge vlan add dev {port} vid {want} pvid untagged"
+                    )))
+                })
+                .collect();
+            Finding::new(
+                cause.as_str(),
+                Severity::Error,
+                Layer::Virtual,
+                format!("{}: {reason}", vm.name),
+            )
+            .subject([vm.name.clone()])
+            .evidence([trail])
+            .affects([vm.name.clone()])
+            .commands(fixes)
+        }
         "no-listener" => Finding::new("port-closed", Severity::Error, Layer::Guest, reason.clone())
             .subject([what.to_string()])
             .evidence([trail])

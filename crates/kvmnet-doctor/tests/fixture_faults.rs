@@ -509,3 +509,138 @@ fn libvirt_expects_an_ovs_port_that_does_not_exist() {
         .iter()
         .any(|f| f.code == "ovs-not-running" && f.affects.contains(&"app1".to_string())));
 }
+
+/// A bridge with vlan_filtering: the guests' ports and the bridge itself untagged in VLAN 10.
+fn vlan_filtering(s: &mut HostState) {
+    use kvmnet_model::link::BridgeVlan;
+    let v10 = BridgeVlan {
+        vid: 10,
+        pvid: true,
+        untagged: true,
+    };
+    for l in &mut s.links {
+        if l.name == "br0" {
+            let b = l.bridge.get_or_insert_with(Default::default);
+            b.vlan_filtering = true;
+            b.self_vlans = vec![v10];
+        } else if l.master.as_deref() == Some("br0") {
+            l.bridge_port.get_or_insert_with(Default::default).vlans = vec![v10];
+        }
+    }
+}
+
+fn set_port_vlans(s: &mut HostState, port: &str, vlans: Vec<kvmnet_model::link::BridgeVlan>) {
+    s.links
+        .iter_mut()
+        .find(|l| l.name == port)
+        .unwrap()
+        .bridge_port
+        .as_mut()
+        .unwrap()
+        .vlans = vlans;
+}
+
+fn icmp_trace(s: &HostState, from: &str, to: kvmnet_trace::Endpoint) -> kvmnet_trace::Trace {
+    kvmnet_trace::Tracer::new(s)
+        .trace(&kvmnet_trace::FlowSpec {
+            from: kvmnet_trace::Endpoint::Vm {
+                name: from.into(),
+                vnic: None,
+            },
+            to,
+            proto: 1,
+            dport: 0,
+            sport: None,
+            size: None,
+            df: false,
+        })
+        .unwrap()
+}
+
+/// The reason of a dropped trace, or a panic with the trace.
+fn dropped(t: &kvmnet_trace::Trace) -> (String, String) {
+    match &t.verdict {
+        kvmnet_trace::Verdict::Dropped { cause, reason, .. } => (cause.clone(), reason.clone()),
+        _ => panic!("not dropped: {t:#?}"),
+    }
+}
+
+#[test]
+fn guest_port_in_another_vlan_of_a_vlan_filtering_bridge() {
+    use kvmnet_model::link::BridgeVlan;
+    use kvmnet_trace::{Endpoint, Verdict};
+    let mut s = healthy();
+    vlan_filtering(&mut s);
+    assert_eq!(run(&s).root_errors(), 0, "{:#?}", run(&s).findings);
+    // db1's port (vnet3) moved to VLAN 20: neither the host nor web1 shares it any more
+    set_port_vlans(
+        &mut s,
+        "vnet3",
+        vec![BridgeVlan {
+            vid: 20,
+            pvid: true,
+            untagged: true,
+        }],
+    );
+    let r = run(&s);
+    only_error(&r, "vlan-mismatch", "db1");
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.code == "vlan-mismatch")
+        .unwrap();
+    assert!(
+        f.fix
+            .commands
+            .iter()
+            .any(|c| c.contains("vlan add dev vnet3 vid 10 pvid untagged")),
+        "{f:#?}"
+    );
+    let gw = || Endpoint::Addr("10.0.0.1".parse().unwrap());
+    let (cause, reason) = dropped(&icmp_trace(&s, "db1", gw()));
+    assert_eq!(cause, "vlan-mismatch");
+    assert!(
+        reason.contains("br0 itself is not a member of VLAN 20"),
+        "{reason}"
+    );
+    // web1 still reaches the host, but not db1 (the frame leaves only through VLAN 10 ports)
+    let t = icmp_trace(&s, "web1", gw());
+    assert!(matches!(t.verdict, Verdict::Delivered { .. }), "{t:#?}");
+    let (cause, reason) = dropped(&icmp_trace(
+        &s,
+        "web1",
+        Endpoint::Vm {
+            name: "db1".into(),
+            vnic: None,
+        },
+    ));
+    assert_eq!(cause, "vlan-mismatch");
+    assert!(
+        reason.contains("port vnet3 is not a member of VLAN 10"),
+        "{reason}"
+    );
+    // a port with no PVID drops what the guest sends untagged
+    set_port_vlans(
+        &mut s,
+        "vnet3",
+        vec![BridgeVlan {
+            vid: 10,
+            pvid: false,
+            untagged: false,
+        }],
+    );
+    let (_, reason) = dropped(&icmp_trace(&s, "db1", gw()));
+    assert!(reason.contains("port vnet3 has no PVID"), "{reason}");
+    only_error(&run(&s), "vlan-mismatch", "db1");
+    // back into VLAN 10 as the PVID: healthy again
+    set_port_vlans(
+        &mut s,
+        "vnet3",
+        vec![BridgeVlan {
+            vid: 10,
+            pvid: true,
+            untagged: true,
+        }],
+    );
+    assert_eq!(run(&s).root_errors(), 0);
+}

@@ -109,6 +109,28 @@ fn collect_kernel(
         }
     }
     state.links = links.into_iter().map(|(l, _)| l).collect();
+    // VLAN memberships, where a bridge filters VLANs
+    if state
+        .links
+        .iter()
+        .any(|l| l.bridge.as_ref().is_some_and(|b| b.vlan_filtering))
+    {
+        match rd::dump_bridge_vlans(&mut sock) {
+            Ok(mut by_index) => {
+                for l in &mut state.links {
+                    let Some(v) = by_index.remove(&l.index) else {
+                        continue;
+                    };
+                    if let Some(b) = l.bridge.as_mut() {
+                        b.self_vlans = v;
+                    } else if let Some(p) = l.bridge_port.as_mut() {
+                        p.vlans = v;
+                    }
+                }
+            }
+            Err(e) => state.warn("bridge vlans", e.to_string()),
+        }
+    }
     state.addresses = rd::dump_addresses(&mut sock, &names)?;
     state.routes = rd::dump_routes(&mut sock, &names)?;
     match rd::dump_rules(&mut sock) {

@@ -339,6 +339,27 @@ pub struct BridgeInfo {
     pub nf_call_ip6tables: bool,
     #[serde(default)]
     pub nf_call_arptables: bool,
+    /// With `vlan_filtering`: the VLANs of the bridge device itself (`bridge vlan ... self`),
+    /// which decide what the host's own address on the bridge reaches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub self_vlans: Vec<BridgeVlan>,
+}
+
+/// A bridge VLAN membership (`bridge vlan show`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BridgeVlan {
+    pub vid: u16,
+    /// Untagged frames entering the port are classified into this VLAN.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pvid: bool,
+    /// Frames of this VLAN leave the port untagged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untagged: bool,
+}
+
+/// The VLAN untagged frames from a member with these memberships are classified into.
+pub fn pvid_of(vlans: &[BridgeVlan]) -> Option<u16> {
+    vlans.iter().find(|v| v.pvid).map(|v| v.vid)
 }
 
 impl BridgeInfo {
@@ -390,6 +411,9 @@ pub struct BridgePortInfo {
     pub hairpin: bool,
     #[serde(default)]
     pub isolated: bool,
+    /// With the bridge's `vlan_filtering`: the port's VLANs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vlans: Vec<BridgeVlan>,
 }
 
 fn yes() -> bool {

@@ -1184,6 +1184,7 @@ impl<'a> Walk<'_, 'a> {
                 .is_some_and(|l| l.master.as_deref() == Some(br))
         });
         if host_on_br || (host_any && arp_ignore == 0) {
+            self.bridge_vlan(br, port, br)?;
             pkt.dst_mac = brl.mac;
             self.hop(
                 &stage,
@@ -1216,6 +1217,7 @@ impl<'a> Walk<'_, 'a> {
                     "destination MAC not learned yet: flooded to every port".to_string()
                 }],
             );
+            self.bridge_vlan(br, port, &out_dev)?;
             return self.bridge_forward(br, port, &out_dev, pkt, o);
         }
         if s.sysctls.effective_proxy_arp(br) && !host_any {
@@ -1237,6 +1239,88 @@ impl<'a> Walk<'_, 'a> {
             format!("nothing on {br} answers ARP for {nh}"),
             facts,
         ))
+    }
+
+    /// VLAN filtering on a Linux bridge: an untagged frame from `from` (a port, or the bridge
+    /// device itself) is classified into that member's PVID, and leaves only through members
+    /// of that VLAN. Nothing to check when the bridge does not filter VLANs.
+    fn bridge_vlan(&mut self, br: &str, from: &str, to: &str) -> Step<()> {
+        let Some(b) = self.t.link(br).and_then(|l| l.bridge.clone()) else {
+            return Ok(());
+        };
+        if !b.vlan_filtering {
+            return Ok(());
+        }
+        let vlans_of = |w: &Walk, m: &str| -> Vec<kvmnet_model::link::BridgeVlan> {
+            if m == br {
+                b.self_vlans.clone()
+            } else {
+                w.t.link(m)
+                    .and_then(|l| l.bridge_port.as_ref())
+                    .map(|p| p.vlans.clone())
+                    .unwrap_or_default()
+            }
+        };
+        let member = |m: &str| {
+            if m == br {
+                format!("{br} itself")
+            } else {
+                format!("port {m}")
+            }
+        };
+        let stage = format!("bridge {br}");
+        let fv = vlans_of(self, from);
+        let Some(vid) = kvmnet_model::link::pvid_of(&fv) else {
+            return Err(self.drop(
+                &stage,
+                "vlan-mismatch",
+                format!("{} has no PVID on {br} (vlan_filtering is on): its untagged frames are dropped", member(from)),
+                vec![format!(
+                    "{}: VLANs {}",
+                    member(from),
+                    if fv.is_empty() { "none".to_string() } else { fv.iter().map(|v| v.vid.to_string()).collect::<Vec<_>>().join(", ") }
+                )],
+            ));
+        };
+        let tv = vlans_of(self, to);
+        if !tv.iter().any(|v| v.vid == vid) {
+            return Err(self.drop(
+                &stage,
+                "vlan-mismatch",
+                format!(
+                    "{} is not a member of VLAN {vid}, the VLAN of {}",
+                    member(to),
+                    member(from)
+                ),
+                vec![
+                    format!("{}: PVID {vid}", member(from)),
+                    format!(
+                        "{}: VLANs {}",
+                        member(to),
+                        if tv.is_empty() {
+                            "none".to_string()
+                        } else {
+                            tv.iter()
+                                .map(|v| {
+                                    format!("{}{}", v.vid, if v.pvid { " (PVID)" } else { "" })
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                ],
+            ));
+        }
+        self.hop(
+            &stage,
+            format!(
+                "VLAN {vid}: {} and {} are members",
+                member(from),
+                member(to)
+            ),
+            vec![],
+        );
+        Ok(())
     }
 
     fn bridge_hook(
@@ -1755,6 +1839,9 @@ impl<'a> Walk<'_, 'a> {
                         format!("bridge {dev} sends it to {port} (vm:{})", s.vms[o.vm].name),
                         vec![],
                     );
+                    if self.t.link(&port).and_then(|l| l.master.as_deref()) == Some(dev.as_str()) {
+                        self.bridge_vlan(&dev, &dev, &port)?;
+                    }
                     let (l, p, _) = self.send_to_port(&dev, &port, pkt, o)?;
                     return Ok((l, p, notes));
                 }

@@ -224,13 +224,14 @@ fn link_details(l: &Link) -> String {
     }
     if let Some(b) = &l.bridge {
         d.push(format!(
-            "stp {} vlan_filtering {}",
+            "stp {} vlan_filtering {}{}",
             if b.stp_enabled() { "on" } else { "off" },
-            u8::from(b.vlan_filtering)
+            u8::from(b.vlan_filtering),
+            vlan_list(&b.self_vlans)
         ));
     }
     if let Some(p) = &l.bridge_port {
-        d.push(format!("port {}", p.state.as_str()));
+        d.push(format!("port {}{}", p.state.as_str(), vlan_list(&p.vlans)));
     }
     if let Some(v) = &l.vlan {
         d.push(format!(
@@ -253,6 +254,29 @@ fn link_details(l: &Link) -> String {
         ));
     }
     d.join("; ")
+}
+
+/// ` vlans 10(pvid,untagged),20` for a bridge member's VLANs, or nothing.
+fn vlan_list(v: &[kvmnet_model::link::BridgeVlan]) -> String {
+    if v.is_empty() {
+        return String::new();
+    }
+    let items: Vec<String> = v
+        .iter()
+        .map(|x| {
+            let flags: Vec<&str> = [(x.pvid, "pvid"), (x.untagged, "untagged")]
+                .into_iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, f)| f)
+                .collect();
+            if flags.is_empty() {
+                x.vid.to_string()
+            } else {
+                format!("{}({})", x.vid, flags.join(","))
+            }
+        })
+        .collect();
+    format!(" vlans {}", items.join(","))
 }
 
 fn links_section(s: &HostState, o: &ShowOptions, out: &mut String) {

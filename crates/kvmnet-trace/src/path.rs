@@ -880,7 +880,7 @@ impl<'a> Walk<'_, 'a> {
         }
     }
 
-    fn link_ok(&mut self, name: &str, stage: &str, cause: &str) -> Step<&'_ Link> {
+    fn link_ok(&mut self, name: &str, stage: &str, cause: &str) -> Step<&'a Link> {
         match self.t.link(name) {
             None => Err(self.drop(stage, cause, format!("{name} does not exist"), vec![])),
             Some(l) if !l.admin_up => Err(self.drop(
@@ -1047,7 +1047,7 @@ impl<'a> Walk<'_, 'a> {
                 .map(|l| l.kind.to_string())
                 .unwrap_or_default()
         );
-        let link = self.link_ok(&dev, &stage, "link-down")?.clone();
+        let link = self.link_ok(&dev, &stage, "link-down")?;
         if link.kind == LinkKind::Veth && pkt.len > link.mtu {
             return Err(self.drop(
                 &stage,
@@ -1070,7 +1070,7 @@ impl<'a> Walk<'_, 'a> {
         }
         match link.master.clone() {
             Some(br) if self.t.link(&br).is_some_and(|b| b.kind == LinkKind::Bridge) => {
-                self.bridge_in(&br, &dev, next_hop, pkt, &link)
+                self.bridge_in(&br, &dev, next_hop, pkt, link)
             }
             Some(m) => Err(Verdict::Unknown {
                 at: self.stage(&stage),
@@ -1139,7 +1139,7 @@ impl<'a> Walk<'_, 'a> {
     ) -> Step<Arrived> {
         let s = self.t.state;
         let stage = format!("bridge {br}");
-        let brl = self.t.link(br).cloned();
+        let brl = self.t.link(br);
         let Some(brl) = brl else {
             return Err(self.drop(
                 &stage,
@@ -1356,7 +1356,7 @@ impl<'a> Walk<'_, 'a> {
         o: Owner,
     ) -> Step<Arrived> {
         let s = self.t.state;
-        let brl = self.t.link(br).cloned();
+        let brl = self.t.link(br);
         self.bridge_hook("prerouting", &pkt, Some(in_port), None, br)?;
         self.bridge_hook("forward", &pkt, Some(in_port), Some(out_port), br)?;
         // br_netfilter: bridged IP traffic also crosses the IP hooks
@@ -1436,7 +1436,7 @@ impl<'a> Walk<'_, 'a> {
                 ));
             }
         }
-        let link = self.link_ok(port, &stage, "link-down")?.clone();
+        let link = self.link_ok(port, &stage, "link-down")?;
         if link.master.as_deref() != Some(br) {
             // a bridge per VLAN: the guest sits on another VLAN's bridge
             let vlan_of = |b: &str| {
@@ -1751,7 +1751,7 @@ impl<'a> Walk<'_, 'a> {
         let fams = ip_families(pkt.is_v6());
         let mut notes = PathNotes::default();
         let stage = format!("egress {dev}");
-        let link = self.link_ok(&dev, &stage, "link-down")?.clone();
+        let link = self.link_ok(&dev, &stage, "link-down")?;
         let mtu = route_mtu.unwrap_or(link.mtu).min(link.mtu);
         if pkt.len > mtu {
             if pkt.df || pkt.is_v6() {

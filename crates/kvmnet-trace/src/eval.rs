@@ -667,21 +667,32 @@ pub fn eval_hook(
     pkt: &Packet,
     cx: &HookCtx,
 ) -> HookResult {
-    let mut bases: Vec<usize> = vec![];
-    for fam in families {
-        if let Some(list) = c.hooks.get(fam).and_then(|m| m.get(hook)) {
-            bases.extend(list);
+    // the base chains of every family, in priority order (one family's list is sorted already)
+    let mut lists = families
+        .iter()
+        .filter_map(|fam| c.hooks.get(fam).and_then(|m| m.get(hook)))
+        .filter(|l| !l.is_empty());
+    let merged: Vec<usize>;
+    let bases: &[usize] = match (lists.next(), lists.next()) {
+        (None, _) => {
+            return HookResult {
+                verdict: HookVerdict::Accept,
+                nat: None,
+                accepted_by: vec![],
+                chains: 0,
+            }
         }
-    }
-    if bases.is_empty() {
-        return HookResult {
-            verdict: HookVerdict::Accept,
-            nat: None,
-            accepted_by: vec![],
-            chains: 0,
-        };
-    }
-    bases.sort_by_key(|i| c.chains[*i].hook.as_ref().map(|h| h.1).unwrap_or(0));
+        (Some(a), None) => a,
+        (Some(a), Some(b)) => {
+            let mut m: Vec<usize> = a.iter().chain(b.iter()).copied().collect();
+            for rest in lists {
+                m.extend(rest);
+            }
+            m.sort_by_key(|i| c.chains[*i].hook.as_ref().map(|h| h.1).unwrap_or(0));
+            merged = m;
+            &merged
+        }
+    };
     let mut frame = Frame {
         pkt,
         hdr: pkt.headers(),
@@ -693,7 +704,7 @@ pub fn eval_hook(
         accepted_by: vec![],
         chains: 0,
     };
-    for base in bases {
+    for &base in bases {
         let Some((_, _, ctype, policy_drop)) = c.chains[base].hook.as_ref() else {
             continue;
         };

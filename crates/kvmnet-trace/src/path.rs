@@ -773,11 +773,10 @@ impl<'a> Walk<'_, 'a> {
         stage: &str,
     ) -> Step<Option<Nat>> {
         let fib = self.fibber();
-        let iif_d = iif.and_then(|n| self.t.dev(n)).cloned();
-        let oif_d = oif.and_then(|n| self.t.dev(n)).cloned();
+        let t = self.t;
         let cx = HookCtx {
-            iif: iif_d.as_ref(),
-            oif: oif_d.as_ref(),
+            iif: iif.and_then(|n| t.dev(n)),
+            oif: oif.and_then(|n| t.dev(n)),
             bri_in: bridge.map(|b| b.0),
             bri_out: bridge.map(|b| b.0),
             phys_in: bridge.and_then(|b| b.1),
@@ -796,17 +795,24 @@ impl<'a> Walk<'_, 'a> {
                 let facts: Vec<String> = ev
                     .iter()
                     .map(|e| {
-                        format!(
-                            "{} {} {}: {}",
-                            e.rule.family,
-                            e.rule.table,
-                            e.rule.chain,
-                            if e.text.is_empty() {
-                                "accept".into()
-                            } else {
-                                e.text.clone()
-                            }
-                        )
+                        let text: &str = if e.text.is_empty() { "accept" } else { &e.text };
+                        let mut f = String::with_capacity(
+                            e.rule.family.len()
+                                + e.rule.table.len()
+                                + e.rule.chain.len()
+                                + text.len()
+                                + 4,
+                        );
+                        for (part, sep) in [
+                            (&*e.rule.family, " "),
+                            (&*e.rule.table, " "),
+                            (&*e.rule.chain, ": "),
+                            (text, ""),
+                        ] {
+                            f.push_str(part);
+                            f.push_str(sep);
+                        }
+                        f
                     })
                     .collect();
                 let decision = match &res.nat {

@@ -606,7 +606,47 @@ fn finding_from_trace(
         .subject([vm.name.clone()])
         .evidence([trail])
         .affects([vm.name.clone()]),
-        "no-route" | "route-reject" => Finding::new(
+        "route-reject" => {
+            // which route or rule rejects it, from the routing hop's facts
+            let facts: Vec<String> = t.hops.last().map(|h| h.facts.clone()).unwrap_or_default();
+            let route = facts
+                .iter()
+                .find_map(|f| f.strip_prefix("route "))
+                .map(str::to_string);
+            let rule = facts
+                .iter()
+                .find_map(|f| f.strip_prefix("ip rule "))
+                .map(str::to_string);
+            let mut fixes = vec![];
+            let mut subject = vec![];
+            if let Some(r) = &route {
+                // "blackhole 0.0.0.0/0 table 100"
+                subject.push(
+                    r.split(" table ")
+                        .nth(1)
+                        .map(|t| format!("table {t}"))
+                        .unwrap_or_else(|| "main table".into()),
+                );
+                fixes.push(cx.cmd(&format!("ip route del {r}")));
+            }
+            if let Some(r) = &rule {
+                let prio = r.split(':').next().unwrap_or("").trim().to_string();
+                subject.push(format!("rule {prio}"));
+                fixes.push(cx.cmd(&format!("ip rule del prio {prio}")));
+            }
+            Finding::new(
+                "route-rejected",
+                Severity::Error,
+                Layer::Host,
+                reason.clone(),
+            )
+            .subject(subject)
+            .evidence([trail].into_iter().chain(facts.iter().cloned()))
+            .impact("the host itself discards this traffic (blackhole, unreachable or prohibit)")
+            .commands(fixes)
+            .affects([vm.name.clone()])
+        }
+        "no-route" => Finding::new(
             "no-default-route",
             Severity::Error,
             Layer::Host,

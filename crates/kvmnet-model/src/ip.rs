@@ -183,6 +183,81 @@ pub struct PolicyRule {
     pub suppress_prefixlen: Option<u32>,
 }
 
+/// A routing table's name as `ip` prints it.
+pub fn table_name(t: u32) -> String {
+    match t {
+        RT_TABLE_MAIN => "main".into(),
+        RT_TABLE_LOCAL => "local".into(),
+        253 => "default".into(),
+        n => n.to_string(),
+    }
+}
+
+impl PolicyRule {
+    /// The selector as `ip rule` prints it: `from 10.0.0.0/24 iif br0 fwmark 0x1`.
+    pub fn selector_text(&self) -> String {
+        let mut sel = vec![];
+        if self.invert {
+            sel.push("not".to_string());
+        }
+        sel.push(format!(
+            "from {}",
+            self.src
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "all".into())
+        ));
+        if let Some(d) = self.dst {
+            sel.push(format!("to {d}"));
+        }
+        if let Some(i) = &self.iif {
+            sel.push(format!("iif {i}"));
+        }
+        if let Some(i) = &self.oif {
+            sel.push(format!("oif {i}"));
+        }
+        if let Some(m) = self.fwmark {
+            match self.fwmask {
+                Some(k) if k != u32::MAX => sel.push(format!("fwmark {m:#x}/{k:#x}")),
+                _ => sel.push(format!("fwmark {m:#x}")),
+            }
+        }
+        sel.join(" ")
+    }
+
+    /// The action as `ip rule` prints it: `lookup 100`, `blackhole`.
+    pub fn action_text(&self) -> String {
+        match self.action {
+            RuleAction::ToTable => format!("lookup {}", table_name(self.table)),
+            a => format!("{a:?}").to_lowercase(),
+        }
+    }
+
+    /// `100: from 10.0.0.13 lookup 100`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: {} {}",
+            self.priority,
+            self.selector_text(),
+            self.action_text()
+        )
+    }
+
+    /// True for the three rules every namespace starts with (local, main, default).
+    pub fn is_default(&self) -> bool {
+        self.action == RuleAction::ToTable
+            && self.src.is_none()
+            && self.dst.is_none()
+            && self.iif.is_none()
+            && self.oif.is_none()
+            && self.fwmark.is_none()
+            && !self.invert
+            && matches!(
+                (self.priority, self.table),
+                (0, RT_TABLE_LOCAL) | (32766, RT_TABLE_MAIN) | (32767, 253)
+            )
+    }
+}
+
 /// Neighbour (ARP / NDP) entry states (`NUD_*`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -886,6 +886,42 @@ impl<'a> Walk<'_, 'a> {
         }
     }
 
+    /// A blackhole/unreachable/prohibit route or rule decided: says which, in which table,
+    /// reached through which policy rule.
+    fn route_reject(
+        &mut self,
+        pkt: &Packet,
+        kind: &str,
+        table: u32,
+        dst: ipnet::IpNet,
+        rule: Option<String>,
+    ) -> Verdict {
+        let mut facts = vec![];
+        let reason = if table == 0 {
+            // a rule with a reject action
+            let r = rule.clone().unwrap_or_default();
+            facts.push(format!("ip rule {r}"));
+            format!("the policy rule {r} rejects {} ({kind})", pkt.dst)
+        } else {
+            let tname = kvmnet_model::ip::table_name(table);
+            facts.push(format!("route {kind} {dst} table {tname}"));
+            match &rule {
+                Some(r) => {
+                    facts.push(format!("ip rule {r}"));
+                    format!("the route to {} is {kind} ({kind} {dst} in table {tname}, reached through rule {r})", pkt.dst)
+                }
+                None if table != kvmnet_model::ip::RT_TABLE_MAIN => {
+                    format!(
+                        "the route to {} is {kind} ({kind} {dst} in table {tname})",
+                        pkt.dst
+                    )
+                }
+                None => format!("the route to {} is {kind} ({kind} {dst})", pkt.dst),
+            }
+        };
+        self.drop("routing", "route-reject", reason, facts)
+    }
+
     fn link_ok(&mut self, name: &str, stage: &str, cause: &str) -> Step<&'a Link> {
         match self.t.link(name) {
             None => Err(self.drop(stage, cause, format!("{name} does not exist"), vec![])),
@@ -1726,12 +1762,12 @@ impl<'a> Walk<'_, 'a> {
                 notes.via_default |= n2.via_default;
                 Ok((landed, p, notes))
             }
-            RouteResult::Reject { kind, .. } => Err(self.drop(
-                "routing",
-                "route-reject",
-                format!("the route to {} is {kind}", pkt.dst),
-                vec![],
-            )),
+            RouteResult::Reject {
+                kind,
+                table,
+                dst,
+                rule,
+            } => Err(self.route_reject(&pkt, &kind, table, dst, rule)),
             RouteResult::NoRoute => Err(self.drop(
                 "routing",
                 "no-route",
@@ -2152,12 +2188,12 @@ impl<'a> Walk<'_, 'a> {
                 }
                 self.out_dev(dev, gateway, prefsrc, mtu, pkt, orig, false)
             }
-            RouteResult::Reject { kind, .. } => Err(self.drop(
-                "routing",
-                "route-reject",
-                format!("the route to {} is {kind}", pkt.dst),
-                vec![],
-            )),
+            RouteResult::Reject {
+                kind,
+                table,
+                dst,
+                rule,
+            } => Err(self.route_reject(&pkt, &kind, table, dst, rule)),
             RouteResult::NoRoute => Err(self.drop(
                 "routing",
                 "no-route",

@@ -27,6 +27,8 @@ pub enum RouteResult {
         kind: String,
         table: u32,
         dst: ipnet::IpNet,
+        /// The policy rule that led there, when it is not one of the default rules.
+        rule: Option<String>,
     },
     NoRoute,
 }
@@ -86,14 +88,15 @@ fn default_rules(v6: bool) -> Vec<PolicyRule> {
 /// generated packets).
 pub fn route(s: &HostState, src: IpAddr, dst: IpAddr, iif: Option<&str>, mark: u32) -> RouteResult {
     let v6 = dst.is_ipv6();
-    let mut rules: Vec<PolicyRule> = s
+    let defaults;
+    let mut rules: Vec<&PolicyRule> = s
         .rules
         .iter()
         .filter(|r| (r.family == "inet6") == v6)
-        .cloned()
         .collect();
     if rules.is_empty() {
-        rules = default_rules(v6);
+        defaults = default_rules(v6);
+        rules = defaults.iter().collect();
     }
     rules.sort_by_key(|r| r.priority);
     // an address on an interface that is up has a local route (a snapshot may lack the
@@ -107,7 +110,7 @@ pub fn route(s: &HostState, src: IpAddr, dst: IpAddr, iif: Option<&str>, mark: u
             dev: Some(a.ifname.clone()),
         };
     }
-    for r in &rules {
+    for &r in &rules {
         if !rule_matches(r, v6, src, dst, iif, mark) {
             continue;
         }
@@ -115,9 +118,10 @@ pub fn route(s: &HostState, src: IpAddr, dst: IpAddr, iif: Option<&str>, mark: u
             RuleAction::ToTable => {}
             RuleAction::Blackhole | RuleAction::Unreachable | RuleAction::Prohibit => {
                 return RouteResult::Reject {
-                    kind: format!("{:?} rule {}", r.action, r.priority).to_lowercase(),
+                    kind: format!("{:?}", r.action).to_lowercase(),
                     table: 0,
                     dst: ipnet::IpNet::from(dst),
+                    rule: Some(r.describe()),
                 }
             }
             _ => continue,
@@ -147,6 +151,7 @@ pub fn route(s: &HostState, src: IpAddr, dst: IpAddr, iif: Option<&str>, mark: u
                     kind: format!("{:?}", rt.kind).to_lowercase(),
                     table: rt.table,
                     dst: rt.dst,
+                    rule: (!r.is_default()).then(|| r.describe()),
                 }
             }
             _ => {

@@ -88,6 +88,46 @@ fn catalogue() -> Vec<Fault> {
             },
         },
         Fault {
+            code: "route-rejected",
+            subject: |_| "table 123".into(),
+            severity: "error",
+            inject: |l| {
+                // one guest's traffic is steered into a table whose default route is a blackhole
+                l.hv.ip(&["route", "add", "blackhole", "default", "table", "123"])
+                    .unwrap();
+                l.hv.ip(&[
+                    "rule",
+                    "add",
+                    "from",
+                    &g(l, 2).ip,
+                    "table",
+                    "123",
+                    "prio",
+                    "1000",
+                ])
+                .unwrap();
+            },
+        },
+        Fault {
+            code: "route-rejected",
+            subject: |_| "rule 900".into(),
+            severity: "error",
+            inject: |l| {
+                l.hv.ip(&[
+                    "rule",
+                    "add",
+                    "from",
+                    &g(l, 1).ip,
+                    "to",
+                    "203.0.113.0/24",
+                    "prohibit",
+                    "prio",
+                    "900",
+                ])
+                .unwrap();
+            },
+        },
+        Fault {
             code: "ip-forward-disabled",
             subject: |_| "net.ipv4.ip_forward".into(),
             severity: "error",

@@ -141,6 +141,35 @@ fn faults() -> Vec<(&'static str, Inject)> {
         ("ip-forward-disabled", |l| {
             l.hv.sysctl("net.ipv4.ip_forward", "0").unwrap()
         }),
+        ("policy rule to a blackhole table (g1)", |l| {
+            l.hv.ip(&["route", "add", "blackhole", "default", "table", "123"])
+                .unwrap();
+            l.hv.ip(&[
+                "rule",
+                "add",
+                "from",
+                &l.guests[0].ip,
+                "table",
+                "123",
+                "prio",
+                "1000",
+            ])
+            .unwrap();
+        }),
+        ("policy rule prohibit to the upstream (g1)", |l| {
+            l.hv.ip(&[
+                "rule",
+                "add",
+                "from",
+                &l.guests[0].ip,
+                "to",
+                "203.0.113.0/24",
+                "prohibit",
+                "prio",
+                "900",
+            ])
+            .unwrap();
+        }),
         ("br0 forwarding off", |l| {
             l.hv.sysctl("net.ipv4.conf.br0.forwarding", "0").unwrap()
         }),

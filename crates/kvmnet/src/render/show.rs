@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use kvmnet_model::ip::{RouteKind, RT_TABLE_LOCAL, RT_TABLE_MAIN};
+use kvmnet_model::ip::{RouteKind, RT_TABLE_LOCAL};
 use kvmnet_model::nft_text::rule_text;
 use kvmnet_model::vm::VnicType;
 use kvmnet_model::{HostState, Link, LinkKind};
@@ -25,14 +25,7 @@ impl ShowOptions {
     }
 }
 
-fn table_name(t: u32) -> String {
-    match t {
-        RT_TABLE_MAIN => "main".into(),
-        RT_TABLE_LOCAL => "local".into(),
-        253 => "default".into(),
-        n => n.to_string(),
-    }
-}
+use kvmnet_model::ip::table_name;
 
 /// The interface a bridge's traffic leaves the host through: the default route's device.
 fn uplink_name(s: &HostState) -> Option<String> {
@@ -385,30 +378,10 @@ fn rules_section(s: &HostState, o: &ShowOptions, out: &mut String) {
     let _ = writeln!(out, "{}", heading("Policy rules", o.color));
     let mut t = new_table(&["PRIO", "FAMILY", "SELECTOR", "ACTION"], o.color);
     for r in &s.rules {
-        let mut sel = vec![];
-        if r.invert {
-            sel.push("not".to_string());
-        }
-        sel.push(format!(
-            "from {}",
-            r.src.map(|n| n.to_string()).unwrap_or_else(|| "all".into())
-        ));
-        if let Some(d) = r.dst {
-            sel.push(format!("to {d}"));
-        }
-        if let Some(i) = &r.iif {
-            sel.push(format!("iif {i}"));
-        }
-        if let Some(i) = &r.oif {
-            sel.push(format!("oif {i}"));
-        }
-        if let Some(m) = r.fwmark {
-            sel.push(format!("fwmark {m:#x}"));
-        }
         t.add_row(vec![
             r.priority.to_string(),
             r.family.clone(),
-            sel.join(" "),
+            r.selector_text(),
             format!("{:?} {}", r.action, table_name(r.table)).to_lowercase(),
         ]);
     }

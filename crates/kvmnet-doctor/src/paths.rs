@@ -646,6 +646,25 @@ fn finding_from_trace(
             .commands(fixes)
             .affects([vm.name.clone()])
         }
+        "neigh-wrong-mac" => {
+            let facts: Vec<String> = t.hops.last().map(|h| h.facts.clone()).unwrap_or_default();
+            // "10.0.0.12 dev br0 lladdr 02:..:99 PERMANENT"
+            let mut w = facts
+                .first()
+                .map(|f| f.split_whitespace())
+                .into_iter()
+                .flatten();
+            let (addr, dev) = (
+                w.next().unwrap_or("").to_string(),
+                w.nth(1).unwrap_or("").to_string(),
+            );
+            Finding::new("neigh-wrong-mac", Severity::Error, Layer::Host, reason.clone())
+                .subject([at_vm.clone(), format!("{addr} dev {dev}")])
+                .evidence([trail].into_iter().chain(facts.iter().cloned()))
+                .impact("everything the host sends to this guest (replies, forwarded traffic) goes to another MAC")
+                .commands([cx.cmd(&format!("ip neigh del {addr} dev {dev}"))])
+                .affects([vm.name.clone(), at_vm.clone()])
+        }
         "no-route" => Finding::new(
             "no-default-route",
             Severity::Error,

@@ -886,6 +886,42 @@ impl<'a> Walk<'_, 'a> {
         }
     }
 
+    /// The host's neighbour entry for a guest's address: a static one (permanent/noarp) with
+    /// another MAC than the guest's sends every frame to that MAC, and the guest never sees it
+    /// (the kernel does not replace a permanent entry by what ARP learns).
+    fn neigh_check(&mut self, dev: &str, nh: IpAddr, o: &Owner) -> Step<()> {
+        let s = self.t.state;
+        let vm = &s.vms[o.vm];
+        let Some(mac) = vm.vnics[o.vnic].mac else {
+            return Ok(());
+        };
+        let wrong = s.neighbours.iter().find(|n| {
+            n.ifname == dev
+                && n.address == nh
+                && matches!(
+                    n.state,
+                    kvmnet_model::ip::NeighState::Permanent | kvmnet_model::ip::NeighState::Noarp
+                )
+                && n.lladdr.is_some_and(|l| l != mac)
+        });
+        if let Some(n) = wrong {
+            let l = n.lladdr.map(|m| m.to_string()).unwrap_or_default();
+            return Err(self.drop(
+                &format!("neighbour {nh}"),
+                "neigh-wrong-mac",
+                format!(
+                    "the host's static neighbour entry sends {nh} to {l}, but vm:{}'s MAC is {mac}",
+                    vm.name
+                ),
+                vec![format!(
+                    "{nh} dev {dev} lladdr {l} {}",
+                    format!("{:?}", n.state).to_uppercase()
+                )],
+            ));
+        }
+        Ok(())
+    }
+
     /// A blackhole/unreachable/prohibit route or rule decided: says which, in which table,
     /// reached through which policy rule.
     fn route_reject(
@@ -1881,6 +1917,7 @@ impl<'a> Walk<'_, 'a> {
                         format!("bridge {dev} sends it to {port} (vm:{})", s.vms[o.vm].name),
                         vec![],
                     );
+                    self.neigh_check(&dev, nh, &o)?;
                     if self.t.link(&port).and_then(|l| l.master.as_deref()) == Some(dev.as_str()) {
                         self.bridge_vlan(&dev, &dev, &port)?;
                     }
@@ -1900,6 +1937,7 @@ impl<'a> Walk<'_, 'a> {
         if let Some(o) = self.t.owners.get(&nh).cloned() {
             // a routed vNIC (tap/veth with the route to the guest)
             if s.vms[o.vm].vnics[o.vnic].host_dev.as_deref() == Some(dev.as_str()) {
+                self.neigh_check(&dev, nh, &o)?;
                 let (l, p, _) = self.deliver_guest(o, pkt, &stage)?;
                 return Ok((l, p, notes));
             }

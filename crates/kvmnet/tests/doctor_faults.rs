@@ -128,6 +128,26 @@ fn catalogue() -> Vec<Fault> {
             },
         },
         Fault {
+            code: "neigh-wrong-mac",
+            subject: |l| g(l, 1).name().to_string(),
+            severity: "error",
+            inject: |l| {
+                // a static ARP entry for guest 2 that points at a MAC nobody has
+                l.hv.ip(&[
+                    "neigh",
+                    "replace",
+                    &g(l, 1).ip,
+                    "lladdr",
+                    "02:00:00:00:00:99",
+                    "dev",
+                    "br0",
+                    "nud",
+                    "permanent",
+                ])
+                .unwrap();
+            },
+        },
+        Fault {
             code: "ip-forward-disabled",
             subject: |_| "net.ipv4.ip_forward".into(),
             severity: "error",

@@ -141,6 +141,20 @@ fn faults() -> Vec<(&'static str, Inject)> {
         ("ip-forward-disabled", |l| {
             l.hv.sysctl("net.ipv4.ip_forward", "0").unwrap()
         }),
+        ("static ARP entry with a wrong MAC (g2)", |l| {
+            l.hv.ip(&[
+                "neigh",
+                "replace",
+                &l.guests[1].ip,
+                "lladdr",
+                "02:00:00:00:00:99",
+                "dev",
+                "br0",
+                "nud",
+                "permanent",
+            ])
+            .unwrap();
+        }),
         ("policy rule to a blackhole table (g1)", |l| {
             l.hv.ip(&["route", "add", "blackhole", "default", "table", "123"])
                 .unwrap();

@@ -646,6 +646,19 @@ fn finding_from_trace(
             .commands(fixes)
             .affects([vm.name.clone()])
         }
+        "port-isolated" => {
+            let ports: Vec<String> = reason
+                .strip_prefix("ports ")
+                .and_then(|r| r.split(" are ").next())
+                .map(|p| p.split(" and ").map(str::to_string).collect())
+                .unwrap_or_default();
+            Finding::new("port-isolated", Severity::Warning, Layer::Virtual, format!("{}: {reason}", vm.name))
+                .subject(ports.iter().cloned())
+                .evidence([trail])
+                .impact("these guests cannot reach each other on their bridge (deliberate in private-VLAN setups)")
+                .commands(ports.iter().map(|p| cx.cmd(&format!("bridge link set dev {p} isolated off"))))
+                .affects([vm.name.clone()])
+        }
         "neigh-wrong-mac" => {
             let facts: Vec<String> = t.hops.last().map(|h| h.facts.clone()).unwrap_or_default();
             // "10.0.0.12 dev br0 lladdr 02:..:99 PERMANENT"

@@ -1296,6 +1296,20 @@ impl<'a> Walk<'_, 'a> {
                 }],
             );
             self.bridge_vlan(br, port, &out_dev)?;
+            let isolated = |d: &str| {
+                self.t
+                    .link(d)
+                    .and_then(|l| l.bridge_port.as_ref())
+                    .is_some_and(|p| p.isolated)
+            };
+            if isolated(port) && isolated(&out_dev) {
+                return Err(self.drop(
+                    &stage,
+                    "port-isolated",
+                    format!("ports {port} and {out_dev} are both isolated: {br} does not forward between them"),
+                    vec![format!("bridge link: {port} isolated on"), format!("bridge link: {out_dev} isolated on")],
+                ));
+            }
             return self.bridge_forward(br, port, &out_dev, pkt, o);
         }
         if s.sysctls.effective_proxy_arp(br) && !host_any {

@@ -128,6 +128,25 @@ fn catalogue() -> Vec<Fault> {
             },
         },
         Fault {
+            code: "port-isolated",
+            subject: |l| g(l, 0).host_dev.clone(),
+            severity: "warning",
+            inject: |l| {
+                for i in [0, 1] {
+                    l.hv.exec(&[
+                        "bridge",
+                        "link",
+                        "set",
+                        "dev",
+                        &g(l, i).host_dev,
+                        "isolated",
+                        "on",
+                    ])
+                    .unwrap();
+                }
+            },
+        },
+        Fault {
             code: "neigh-wrong-mac",
             subject: |l| g(l, 1).name().to_string(),
             severity: "error",

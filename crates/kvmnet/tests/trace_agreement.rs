@@ -141,6 +141,20 @@ fn faults() -> Vec<(&'static str, Inject)> {
         ("ip-forward-disabled", |l| {
             l.hv.sysctl("net.ipv4.ip_forward", "0").unwrap()
         }),
+        ("isolated ports (g1, g2)", |l| {
+            for g in &l.guests[..2] {
+                l.hv.exec(&[
+                    "bridge",
+                    "link",
+                    "set",
+                    "dev",
+                    &g.host_dev,
+                    "isolated",
+                    "on",
+                ])
+                .unwrap();
+            }
+        }),
         ("static ARP entry with a wrong MAC (g2)", |l| {
             l.hv.ip(&[
                 "neigh",

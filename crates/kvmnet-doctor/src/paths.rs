@@ -546,6 +546,18 @@ fn finding_from_trace(
                 .affects([vm.name.clone()])
             }
         }
+        "arp-ignored" => {
+            let br = stage_dev("bridge ").unwrap_or_default();
+            Finding::new("arp-ignored", Severity::Error, Layer::Host, format!("{}: {reason}", vm.name))
+                .subject([format!("net.ipv4.conf.{br}.arp_ignore")])
+                .evidence([trail])
+                .impact("guests on this bridge cannot resolve the host's address: no gateway, no DHCP replies routed back")
+                .commands([
+                    cx.cmd(&format!("sysctl -w net.ipv4.conf.{br}.arp_ignore=0")),
+                    cx.cmd("sysctl -w net.ipv4.conf.all.arp_ignore=0"),
+                ])
+                .affects([vm.name.clone()])
+        }
         "arp-failed" => {
             let nh_is_gw = gw.is_some_and(|g| reason.contains(&g.to_string()));
             if nh_is_gw && what.starts_with("gateway") {

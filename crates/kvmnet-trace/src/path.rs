@@ -1261,7 +1261,35 @@ impl<'a> Walk<'_, 'a> {
                 .and_then(|d| self.t.link(d))
                 .is_some_and(|l| l.master.as_deref() == Some(br))
         });
-        if host_on_br || (host_any && arp_ignore == 0) {
+        // arp_ignore (net/ipv4/arp.c): 0 and 4-7 answer for any local address, 1 only for an
+        // address on the incoming interface, 2 also needs the sender in that address's subnet,
+        // 3 not for scope-host addresses, 8 never
+        let host_answers = match arp_ignore {
+            8 => false,
+            1 => host_on_br,
+            2 => s
+                .addresses_of(br)
+                .any(|a| a.address == nh && a.network().contains(&pkt.src)),
+            3 => s.addresses.iter().any(|a| {
+                a.address == nh
+                    && a.scope != "host"
+                    && self.t.link(&a.ifname).is_none_or(|l| l.admin_up)
+            }),
+            _ => host_on_br || host_any,
+        };
+        // a reply to the host's own packet: the guest learned the host's MAC from the host's
+        // ARP request (the kernel records the sender of a request for one of its addresses)
+        let learned = self.reply && nh == pkt.dst && host_on_br;
+        let host_answers = host_answers || learned;
+        if (host_on_br || host_any) && !host_answers && !s.sysctls.effective_proxy_arp(br) {
+            return Err(self.drop(
+                &stage,
+                "arp-ignored",
+                format!("{nh} is the host's, but the host does not answer ARP for it on {br} (arp_ignore {arp_ignore})"),
+                vec![format!("net.ipv4.conf.{br}.arp_ignore = {arp_ignore} (effective: the larger of all and {br})")],
+            ));
+        }
+        if host_answers {
             self.bridge_vlan(br, port, br)?;
             pkt.dst_mac = brl.mac;
             self.hop(

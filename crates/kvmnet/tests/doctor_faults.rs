@@ -147,6 +147,17 @@ fn catalogue() -> Vec<Fault> {
             },
         },
         Fault {
+            code: "arp-ignored",
+            subject: |_| "net.ipv4.conf.br0.arp_ignore".into(),
+            severity: "error",
+            inject: |l| {
+                l.hv.sysctl("net.ipv4.conf.br0.arp_ignore", "8").unwrap();
+                for g in &l.guests {
+                    g.ns.ip(&["neigh", "flush", "all"]).unwrap();
+                }
+            },
+        },
+        Fault {
             code: "neigh-wrong-mac",
             subject: |l| g(l, 1).name().to_string(),
             severity: "error",

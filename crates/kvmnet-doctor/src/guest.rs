@@ -135,6 +135,68 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                 );
                 continue;
             }
+            // the right subnet with the wrong prefix length
+            if let Some((a, net)) = v4.iter().find_map(|a| {
+                seg_nets
+                    .iter()
+                    .find(|n| n.contains(&a.addr()) && n.prefix_len() != a.prefix_len())
+                    .map(|n| (*a, *n))
+            }) {
+                let wider = a.prefix_len() < net.prefix_len();
+                // what the guest needs that a wider prefix makes it look for on its own segment
+                let mut needs: Vec<(String, IpAddr)> = g
+                    .nameservers
+                    .iter()
+                    .flatten()
+                    .map(|r| ("resolver".to_string(), *r))
+                    .collect();
+                if let Some(t) = cx.target {
+                    needs.push(("target".into(), t));
+                }
+                let mut lost: Vec<String> = needs
+                    .iter()
+                    .filter(|(_, ip)| wider && a.contains(ip) && !net.contains(ip))
+                    .map(|(what, ip)| format!("{ip} ({what}) is inside {} but not on the segment {net}: the guest ARPs for it directly and nothing answers", a.trunc()))
+                    .collect();
+                // a narrower prefix can leave the host's address (the gateway) outside it
+                lost.extend(
+                    seg_addrs
+                        .iter()
+                        .filter(|x| !wider && net.contains(&x.address) && !a.contains(&x.address))
+                        .map(|x| format!("the host's {} is outside {}: the guest cannot use it as its gateway", x.address, a.trunc())),
+                );
+                let severity = if lost.is_empty() {
+                    Severity::Warning
+                } else {
+                    Severity::Error
+                };
+                out.push(
+                    Finding::new(
+                        "guest-wrong-netmask",
+                        severity,
+                        Layer::Guest,
+                        format!("{}: the guest's {gi} has {a}, but its segment is {net}", vm.name),
+                    )
+                    .subject(subj.clone())
+                    .evidence(
+                        [
+                            format!("guest {gi}: {a}"),
+                            format!("{}: {}", bridge.clone().unwrap_or_default(), seg_addrs.iter().filter(|x| net.contains(&x.address)).map(|x| format!("{}/{}", x.address, x.prefix_len)).collect::<Vec<_>>().join(", ")),
+                        ]
+                        .into_iter()
+                        .chain(lost.iter().cloned()),
+                    )
+                    .impact(if wider {
+                        "addresses outside the segment but inside the guest's prefix are treated as on-link and are unreachable"
+                    } else if !lost.is_empty() {
+                        "the host's address is outside the guest's prefix: the guest has no usable gateway"
+                    } else {
+                        "peers outside the guest's narrower prefix are reached through the gateway (the host sends ICMP redirects)"
+                    })
+                    .commands([format!("in the guest: ip addr del {a} dev {gi}; ip addr add {}/{} dev {gi}", a.addr(), net.prefix_len())])
+                    .affects([vm.name.clone()]),
+                );
+            }
             // default route and gateway
             let Some(routes) = &g.routes else { continue };
             let main: Vec<_> = routes

@@ -792,6 +792,7 @@ pub(crate) fn assign_causes(cx: &Ctx, mut findings: Vec<Finding>) -> Vec<Finding
             matches!(
                 f.code.as_str(),
                 "guest-wrong-subnet"
+                    | "guest-wrong-netmask"
                     | "guest-no-address"
                     | "guest-link-down"
                     | "tap-not-in-bridge"

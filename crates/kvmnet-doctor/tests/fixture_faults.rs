@@ -644,3 +644,45 @@ fn guest_port_in_another_vlan_of_a_vlan_filtering_bridge() {
     );
     assert_eq!(run(&s).root_errors(), 0);
 }
+
+/// The right address with a wider prefix: what lies inside the guest's prefix but off its
+/// segment (here its resolver) is looked for on the link and never answers.
+#[test]
+fn guest_prefix_wider_than_its_segment() {
+    let mut s = healthy();
+    let vm = s.vms.iter_mut().find(|v| v.name == "db1").unwrap();
+    let g = vm.guest.as_mut().unwrap();
+    g.interfaces[0].addresses = vec!["10.0.0.13/8".parse().unwrap()];
+    if let Some(routes) = g.routes.as_mut() {
+        for r in routes.iter_mut().filter(|r| r.gateway.is_none()) {
+            r.dst = "10.0.0.0/8".parse().unwrap();
+        }
+    }
+    g.nameservers = Some(vec!["10.200.0.53".parse().unwrap()]);
+    let r = run(&s);
+    only_error(&r, "guest-wrong-netmask", "db1");
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.code == "guest-wrong-netmask")
+        .unwrap();
+    assert!(
+        f.evidence
+            .iter()
+            .any(|e| e.contains("10.200.0.53 (resolver) is inside 10.0.0.0/8")),
+        "{f:#?}"
+    );
+    assert!(
+        f.fix.commands[0].contains("ip addr add 10.0.0.13/24 dev eth0"),
+        "{f:#?}"
+    );
+    // a wider prefix with nothing of importance in the extra range: a warning only
+    let vm = s.vms.iter_mut().find(|v| v.name == "db1").unwrap();
+    vm.guest.as_mut().unwrap().nameservers = Some(vec!["198.51.100.53".parse().unwrap()]);
+    let r = run(&s);
+    assert_eq!(r.root_errors(), 0, "{:#?}", r.findings);
+    assert!(r
+        .findings
+        .iter()
+        .any(|f| f.code == "guest-wrong-netmask" && f.severity == Severity::Warning));
+}

@@ -373,6 +373,20 @@ fn catalogue() -> Vec<Fault> {
             },
         },
         Fault {
+            code: "guest-wrong-netmask",
+            subject: |l| g(l, 2).name().to_string(),
+            severity: "error",
+            inject: |l| {
+                // the right address with a /29: the host's address falls outside it
+                let ns = &g(l, 2).ns;
+                ns.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
+                ns.ip(&["addr", "add", &format!("{}/29", g(l, 2).ip), "dev", "eth0"])
+                    .unwrap();
+                // the kernel refuses the gateway now ("invalid gateway"): that is the point
+                let _ = ns.ip(&["route", "replace", "default", "via", "10.0.0.1"]);
+            },
+        },
+        Fault {
             code: "ip-conflict",
             subject: |l| g(l, 1).ip.clone(),
             severity: "error",

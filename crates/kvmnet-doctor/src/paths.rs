@@ -151,13 +151,22 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>) -> Vec<Pending> {
             }
             let found = finding_from_trace(cx, vm, &what, &trace, gw);
             // a resolver that cannot be reached: the path's fault is the cause when it is a
-            // known one, else the resolver itself is the finding
-            let found = match found {
+            // known one or a specific one (a rule, a route...), else the resolver itself is the
+            // finding
+            let mut found_list: Vec<Finding> = vec![];
+            match found {
                 Some(f) if what.starts_with("dns ") => {
                     let known = out
                         .iter()
                         .any(|e| e.code == f.code && e.affects.contains(&vm.name))
                         || p.root.is_some();
+                    let specific = !matches!(
+                        f.code.as_str(),
+                        "path-dropped"
+                            | "gateway-unreachable"
+                            | "target-unreachable"
+                            | "dns-unreachable"
+                    );
                     let mut d = Finding::new("dns-unreachable", Severity::Error, Layer::Guest, format!("{}: the guest's resolver {} is unreachable", vm.name, &what[4..]))
                         .subject([vm.name.clone(), what[4..].to_string()])
                         .evidence(f.evidence.clone())
@@ -171,12 +180,20 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>) -> Vec<Pending> {
                                 .map(|r| r.0.clone())
                                 .unwrap_or_else(|| f.code.clone()),
                         );
+                        found_list.push(d);
+                    } else if specific {
+                        // the rule or route that stops DNS is the finding to fix
+                        d.caused_by = Some(f.code.clone());
+                        found_list.push(f);
+                        found_list.push(d);
+                    } else {
+                        found_list.push(d);
                     }
-                    Some(d)
                 }
-                other => other,
-            };
-            if let Some(f) = found {
+                Some(f) => found_list.push(f),
+                None => {}
+            }
+            for f in found_list {
                 // the same fault found by a structural check: that finding is the cause
                 let existing = out.iter_mut().find(|e| {
                     e.code == f.code && (e.affects.contains(&vm.name) || e.subject == f.subject)

@@ -686,3 +686,44 @@ fn guest_prefix_wider_than_its_segment() {
         .iter()
         .any(|f| f.code == "guest-wrong-netmask" && f.severity == Severity::Warning));
 }
+
+/// A firewall rule that drops only DNS: the rule is the root cause (once, for every guest),
+/// the unreachable resolvers are its consequences.
+#[test]
+fn dns_dropped_by_a_forward_rule() {
+    let mut s = healthy();
+    kvmnet_model::nft_script::load_script(
+        "table inet blk {\n  chain fw1 {\n    type filter hook forward priority -5; policy accept;\n    udp dport 53 drop\n  }\n}\n",
+        &mut s.nftables,
+    )
+    .unwrap();
+    let r = run(&s);
+    only_error(&r, "forward-blocked", "inet blk fw1");
+    let fb: Vec<_> = r
+        .findings
+        .iter()
+        .filter(|f| f.code == "forward-blocked")
+        .collect();
+    assert_eq!(fb.len(), 1, "{fb:#?}");
+    assert_eq!(fb[0].affects.len(), 3, "{:#?}", fb[0]);
+    assert!(
+        fb[0]
+            .fix
+            .commands
+            .iter()
+            .any(|c| c.contains("nft delete rule inet blk fw1 handle")),
+        "{:#?}",
+        fb[0]
+    );
+    let dns: Vec<_> = r
+        .findings
+        .iter()
+        .filter(|f| f.code == "dns-unreachable")
+        .collect();
+    assert_eq!(dns.len(), 3);
+    assert!(
+        dns.iter()
+            .all(|f| f.caused_by.as_deref() == Some("forward-blocked")),
+        "{dns:#?}"
+    );
+}

@@ -1239,3 +1239,65 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     prev[b.len()]
 }
+
+/// The networks of an applied desired state as the model describes networks (origin
+/// `kvmnet`): bridge, forwarding mode, gateway address, DHCP range and static leases, port
+/// forwards. Lets doctor hold the host to what kvmnet was asked to build (a DHCP server that
+/// should run, a forward that should exist).
+pub fn model_networks(d: &Desired) -> Vec<kvmnet_model::Network> {
+    use kvmnet_model::network::{
+        DhcpHost as MHost, DhcpRange, ForwardMode, NetworkIp, NetworkOrigin, PortForward,
+    };
+    d.networks
+        .iter()
+        .map(|n| {
+            let mut m = kvmnet_model::Network::new(&n.name, NetworkOrigin::Kvmnet);
+            m.bridge = Some(n.bridge.clone());
+            m.forward = match n.kind {
+                crate::schema::NetworkType::Nat => ForwardMode::Nat,
+                crate::schema::NetworkType::Routed => ForwardMode::Route,
+                crate::schema::NetworkType::Isolated => ForwardMode::Isolated,
+                _ => ForwardMode::Bridge,
+            };
+            m.forward_dev = n.uplink.clone();
+            m.mtu = n.mtu;
+            if let Some(gw) = n.gateway {
+                m.ips.push(NetworkIp {
+                    address: gw,
+                    dhcp_ranges: n
+                        .dhcp
+                        .iter()
+                        .map(|h| DhcpRange {
+                            start: h.start,
+                            end: h.end,
+                        })
+                        .collect(),
+                    dhcp_hosts: n
+                        .dhcp
+                        .iter()
+                        .flat_map(|h| &h.hosts)
+                        .map(|h| MHost {
+                            mac: Some(h.mac),
+                            name: h.name.clone(),
+                            ip: Some(h.ip),
+                        })
+                        .collect(),
+                });
+            }
+            m.port_forwards = d
+                .forwards
+                .iter()
+                .filter(|f| f.network == n.name)
+                .map(|f| PortForward {
+                    proto: f.proto.clone(),
+                    host_port: f.host_port,
+                    host_address: None,
+                    guest_ip: f.to,
+                    guest_port: f.to_port,
+                    allow_from: f.from.clone(),
+                })
+                .collect();
+            m
+        })
+        .collect()
+}

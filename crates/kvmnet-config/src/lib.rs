@@ -12,7 +12,7 @@ pub mod plan;
 pub mod render;
 pub mod schema;
 
-pub use desired::{validate, Desired};
+pub use desired::{model_networks, validate, Desired};
 pub use load::{Config, ConfigError};
 pub use plan::{plan, Observed, Owned, Plan, PlanError};
 

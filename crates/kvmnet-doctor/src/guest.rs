@@ -22,7 +22,7 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
             skipped.push(format!("{}: guest layer skipped: {why}", vm.name));
             continue;
         };
-        for n in &vm.vnics {
+        for (ni, n) in vm.vnics.iter().enumerate() {
             let Some(gi) = n.guest_ifname.as_deref() else {
                 continue;
             };
@@ -54,21 +54,87 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                 .collect();
             if v4.is_empty() {
                 let _ = dhcp_down;
-                out.push(
-                    Finding::new(
-                        "guest-no-address",
-                        Severity::Error,
-                        Layer::Guest,
-                        format!("{}: the guest's {gi} has no IPv4 address", vm.name),
-                    )
-                    .subject(subj.clone())
-                    .evidence([format!("guest {gi}: no inet address")])
-                    .impact("the guest cannot talk IP")
-                    .commands([format!(
-                        "in the guest: dhclient {gi} (or configure a static address)"
-                    )])
-                    .affects([vm.name.clone()]),
-                );
+                let mut f = Finding::new(
+                    "guest-no-address",
+                    Severity::Error,
+                    Layer::Guest,
+                    format!("{}: the guest's {gi} has no IPv4 address", vm.name),
+                )
+                .subject(subj.clone())
+                .evidence([format!("guest {gi}: no inet address")])
+                .impact("the guest cannot talk IP")
+                .commands([format!(
+                    "in the guest: dhclient {gi} (or configure a static address)"
+                )])
+                .affects([vm.name.clone()]);
+                // would its DHCP request reach the host's DHCP server?
+                if let Ok(t) = cx.tracer.dhcp_discover(&vm.name, ni) {
+                    if let kvmnet_trace::Verdict::Dropped {
+                        at,
+                        reason,
+                        rule: Some(r),
+                        ..
+                    } = &t.verdict
+                    {
+                        let subject = format!(
+                            "{} {} {}{}",
+                            r.rule.family,
+                            r.rule.table,
+                            r.rule.chain,
+                            r.rule
+                                .handle
+                                .map(|h| format!(" handle {h}"))
+                                .unwrap_or_else(|| " policy".into())
+                        );
+                        let mut b = Finding::new(
+                            "dhcp-blocked",
+                            Severity::Error,
+                            Layer::Virtual,
+                            format!(
+                                "DHCP requests from the guests are {} on the host",
+                                if reason.starts_with("rejected") {
+                                    "rejected"
+                                } else {
+                                    "dropped"
+                                }
+                            ),
+                        )
+                        .subject([subject])
+                        .evidence([
+                            format!(
+                                "trace {} -> DHCP (udp 67, broadcast): dropped at {at}: {reason}",
+                                vm.name
+                            ),
+                            format!("rule: {}", r.text),
+                        ])
+                        .impact("guests that use DHCP get no address")
+                        .affects([vm.name.clone()]);
+                        if let Some(h) = r.rule.handle {
+                            b = b.commands([
+                                cx.cmd(&format!(
+                                    "nft -a list chain {} {} {}",
+                                    r.rule.family, r.rule.table, r.rule.chain
+                                )),
+                                cx.cmd(&format!(
+                                    "nft delete rule {} {} {} handle {h}",
+                                    r.rule.family, r.rule.table, r.rule.chain
+                                )),
+                            ]);
+                        }
+                        f.caused_by = Some("dhcp-blocked".into());
+                        match out
+                            .iter_mut()
+                            .find(|e| e.code == "dhcp-blocked" && e.subject == b.subject)
+                        {
+                            Some(e) => {
+                                *e = e.clone().affects([vm.name.clone()]);
+                                e.evidence.extend(b.evidence.into_iter().take(1));
+                            }
+                            None => out.push(b),
+                        }
+                    }
+                }
+                out.push(f);
                 continue;
             }
             // the subnet of the segment it is on

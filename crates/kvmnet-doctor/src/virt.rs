@@ -567,6 +567,11 @@ fn check_networks(cx: &Ctx, out: &mut Vec<Finding>) {
                         .impact("guests that use DHCP get no address (after their lease expires, or at boot)")
                         .commands(match net.origin {
                             NetworkOrigin::Libvirt => vec![format!("virsh net-destroy {0} && virsh net-start {0}   # restarts its dnsmasq", net.name)],
+                            NetworkOrigin::Kvmnet => vec![format!(
+                                "kvmnet apply -f CONFIG.yaml{}   # kvmnet starts the DHCP server of network {} again",
+                                s.netns.as_deref().map(|n| format!(" --netns {n}")).unwrap_or_default(),
+                                net.name
+                            )],
                             _ => vec!["start the network's DHCP server (dnsmasq)".to_string()],
                         })
                         .affects(users.clone()),

@@ -727,3 +727,41 @@ fn dns_dropped_by_a_forward_rule() {
         "{dns:#?}"
     );
 }
+
+/// A guest without an address whose DHCP requests a host rule drops: the rule is the cause.
+#[test]
+fn dhcp_requests_dropped_by_an_input_rule() {
+    let mut s = healthy();
+    let vm = s.vms.iter_mut().find(|v| v.name == "db1").unwrap();
+    let g = vm.guest.as_mut().unwrap();
+    g.interfaces[0].addresses.clear();
+    g.routes = Some(vec![]);
+    // without a blocking rule: only the missing address
+    only_error(&run(&s), "guest-no-address", "db1");
+    kvmnet_model::nft_script::load_script(
+        "table ip guard {\n  chain in {\n    type filter hook input priority filter; policy accept;\n    iifname \"br0\" udp dport 67 counter reject\n  }\n}\n",
+        &mut s.nftables,
+    )
+    .unwrap();
+    let r = run(&s);
+    only_error(&r, "dhcp-blocked", "ip guard in");
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.code == "dhcp-blocked")
+        .unwrap();
+    assert!(f.summary.contains("rejected"), "{f:#?}");
+    assert!(
+        f.fix
+            .commands
+            .iter()
+            .any(|c| c.contains("nft delete rule ip guard in handle")),
+        "{f:#?}"
+    );
+    let na = r
+        .findings
+        .iter()
+        .find(|f| f.code == "guest-no-address")
+        .unwrap();
+    assert_eq!(na.caused_by.as_deref(), Some("dhcp-blocked"));
+}

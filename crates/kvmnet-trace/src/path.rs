@@ -302,6 +302,46 @@ impl<'a> Tracer<'a> {
             .ok_or_else(|| TraceError::NoSuchVm(name.to_string()))
     }
 
+    /// A guest's DHCP request (DISCOVER: 0.0.0.0:68 -> 255.255.255.255:67, broadcast on its
+    /// segment) up to the host's DHCP server: the vNIC, the bridge, the bridge and IP input
+    /// hooks, and a listener on udp 67. For guests without an address.
+    pub fn dhcp_discover(&self, vm: &str, vnic: usize) -> Result<Trace, TraceError> {
+        let vi = self.find_vm(vm)?;
+        let v = &self.state.vms[vi];
+        let n = v
+            .vnics
+            .get(vnic)
+            .ok_or_else(|| TraceError::NoSuchVnic(vm.to_string(), vnic))?;
+        let mut pkt = Packet::new(
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V4(std::net::Ipv4Addr::BROADCAST),
+            UDP,
+            67,
+        );
+        pkt.sport = 68;
+        pkt.src_mac = n.mac;
+        pkt.len = 328;
+        pkt.df = false;
+        let mut w = Walk {
+            t: self,
+            hops: vec![],
+            reply: false,
+            prev: None,
+        };
+        let verdict = match w.dhcp_in(n.host_dev.as_deref().unwrap_or(""), &pkt) {
+            Ok(to) => Verdict::Delivered { to },
+            Err(v) => v,
+        };
+        Ok(Trace {
+            from: format!("vm:{vm}"),
+            to: "DHCP server (udp 67, broadcast)".into(),
+            proto: "udp/67".into(),
+            size: pkt.len,
+            hops: w.hops,
+            verdict,
+        })
+    }
+
     /// Traces a flow and its reply.
     pub fn trace(&self, spec: &FlowSpec) -> Result<Trace, TraceError> {
         // destination address
@@ -1359,6 +1399,83 @@ impl<'a> Walk<'_, 'a> {
             format!("nothing on {br} answers ARP for {nh}"),
             facts,
         ))
+    }
+
+    /// A broadcast DHCP request from a bridge port up to the host's DHCP server.
+    fn dhcp_in(&mut self, port: &str, pkt: &Packet) -> Step<String> {
+        let s = self.t.state;
+        let stage = format!("vnic {port}");
+        let link = self.link_ok(port, &stage, "link-down")?;
+        let Some(br) = link
+            .master
+            .clone()
+            .filter(|m| self.t.link(m).is_some_and(|l| l.kind == LinkKind::Bridge))
+        else {
+            return Err(self.drop(
+                &stage,
+                "not-in-bridge",
+                format!(
+                    "{port} is not in a bridge: its broadcast reaches no DHCP server on the host"
+                ),
+                vec![],
+            ));
+        };
+        let brl = self.link_ok(&br, &format!("bridge {br}"), "bridge-down")?;
+        let pstate = link
+            .bridge_port
+            .as_ref()
+            .map(|p| p.state)
+            .unwrap_or_default();
+        if pstate != PortState::Forwarding {
+            return Err(self.drop(
+                &format!("bridge {br}"),
+                "port-blocked",
+                format!("port {port} is in STP state {}", pstate.as_str()),
+                vec![],
+            ));
+        }
+        self.bridge_vlan(&br, port, &br)?;
+        self.hop(
+            &format!("bridge {br}"),
+            format!("broadcast: flooded to every port and up to {br}"),
+            vec![format!("{br}: {}", brl.state_word())],
+        );
+        self.bridge_hook("prerouting", pkt, Some(port), None, &br)?;
+        self.bridge_hook("input", pkt, Some(port), None, &br)?;
+        let ct = (pkt.src, pkt.dst, pkt.sport, pkt.dport);
+        let fams = ip_families(false);
+        self.ip_hook(
+            "prerouting",
+            pkt,
+            Some(&br),
+            None,
+            None,
+            ct,
+            &fams,
+            "ip prerouting",
+        )?;
+        self.ip_hook("input", pkt, Some(&br), None, None, ct, &fams, "ip input")?;
+        match s.sockets.iter().find(|l| l.proto == "udp" && l.port == 67) {
+            Some(l) => {
+                let who = l
+                    .process
+                    .as_ref()
+                    .map(|p| format!("{}[{}]", p.name, p.pid))
+                    .unwrap_or_else(|| "a process".into());
+                self.hop(
+                    "host",
+                    format!("{who} listens on udp {}:67", l.address),
+                    vec![],
+                );
+                Ok(format!("{who} on udp 67"))
+            }
+            None => Err(self.drop(
+                "host",
+                "no-listener",
+                "nothing on the host listens on udp 67 (no DHCP server)".to_string(),
+                vec![],
+            )),
+        }
     }
 
     /// VLAN filtering on a Linux bridge: an untagged frame from `from` (a port, or the bridge

@@ -36,8 +36,46 @@ pub fn collect_live(netns: Option<&str>) -> Result<HostState, CliError> {
         let _ = LIBVIRT.set(conn);
         attach_libvirt_agent_views(&mut state);
     }
+    add_kvmnet_networks(&mut state, netns);
     kvmnet_model::enrich::enrich(&mut state);
     Ok(state)
+}
+
+/// The networks kvmnet itself applied on this host (its last applied desired state), in place
+/// of the plain-bridge networks inferred for the same bridges.
+fn add_kvmnet_networks(state: &mut HostState, netns: Option<&str>) {
+    let path = kvmnet_linux::apply::ns_dir(netns).join("desired.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let desired: kvmnet_config::Desired = match serde_json::from_str(&text) {
+        Ok(d) => d,
+        Err(e) => {
+            state.warn("kvmnet", format!("{}: {e}", path.display()));
+            return;
+        }
+    };
+    for n in kvmnet_config::model_networks(&desired) {
+        // a libvirt network on the same bridge wins; an inferred one gives way
+        if state
+            .networks
+            .iter()
+            .any(|o| o.origin == kvmnet_model::NetworkOrigin::Libvirt && o.bridge == n.bridge)
+        {
+            continue;
+        }
+        let active = n
+            .bridge
+            .as_deref()
+            .and_then(|b| state.link(b))
+            .map(|l| l.admin_up);
+        state
+            .networks
+            .retain(|o| !(o.origin == kvmnet_model::NetworkOrigin::Bridge && o.bridge == n.bridge));
+        let mut n = n;
+        n.active = Some(active.unwrap_or(false));
+        state.networks.push(n);
+    }
 }
 
 /// A session with `vm`'s guest agent: its own socket (bare QEMU) or through libvirt.

@@ -325,7 +325,7 @@ fn full_config_applies_works_and_is_idempotent() {
     if !require_root("full_config_applies_works_and_is_idempotent") {
         return;
     }
-    for c in ["nft", "tc", "dnsmasq", "python3"] {
+    for c in ["nft", "tc", "dnsmasq", "python3", "busybox"] {
         require_cmd(c);
     }
     let l = cfg_lab();
@@ -460,11 +460,94 @@ fn full_config_applies_works_and_is_idempotent() {
     {
         std::thread::sleep(Duration::from_millis(50));
     }
+    // doctor holds the host to what kvmnet applied: the network's DHCP server is missing
+    let doctor_codes = |l: &CfgLab| -> Vec<(String, Option<String>)> {
+        let out = l.kvmnet(&[
+            "doctor",
+            "--json",
+            "--netns",
+            l.lab.hv.name(),
+            "--target",
+            "203.0.113.1",
+        ]);
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["code"].as_str().unwrap().to_string(),
+                    f["caused_by"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
+    };
+    let codes = doctor_codes(&l);
+    assert!(
+        codes.contains(&("dhcp-not-running".to_string(), None)),
+        "{codes:?}"
+    );
     let p = l.plan(&f);
     assert_eq!(p["changes"], 1, "{p:#}");
     assert_eq!(p["steps"][0]["op"], "start-dhcp");
     assert!(l.apply(&f, &[]).status.success());
     assert_eq!(l.plan(&f)["changes"], 0);
+
+    // DHCP for real: g2 without its address gets a lease (busybox udhcpc; dnsmasq pings an
+    // address before it offers it, so the client waits up to 3 s per attempt)...
+    let g2 = &lab.guests[1].ns;
+    let udhcpc = || {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                g2.name(),
+                "busybox",
+                "udhcpc",
+                "-i",
+                "eth0",
+                "-n",
+                "-q",
+                "-t",
+                "3",
+                "-T",
+                "3",
+                "-s",
+                "/bin/true",
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    g2.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
+    assert!(udhcpc(), "g2 gets a DHCP lease from kvmnet's dnsmasq");
+    // ...until a host rule drops DHCP requests: then it gets none, and doctor names the rule
+    lab.hv
+        .nft("table ip guard {\n chain in {\n  type filter hook input priority filter; policy accept;\n  udp dport 67 drop\n }\n}\n")
+        .unwrap();
+    assert!(!udhcpc(), "the rule stops DHCP");
+    let codes = doctor_codes(&l);
+    assert!(
+        codes.contains(&("dhcp-blocked".to_string(), None)),
+        "{codes:?}"
+    );
+    assert!(
+        codes.contains(&(
+            "guest-no-address".to_string(),
+            Some("dhcp-blocked".to_string())
+        )),
+        "{codes:?}"
+    );
+    lab.hv
+        .exec(&["nft", "delete", "table", "ip", "guard"])
+        .unwrap();
+    g2.ip(&["addr", "add", "10.0.0.12/24", "dev", "eth0"])
+        .unwrap();
+    g2.ip(&["route", "replace", "default", "via", "10.0.0.1"])
+        .unwrap();
+    assert!(pings_soon(g2, "203.0.113.1"), "g2 back");
     // one field changed: exactly its step
     let f2 = l.write("net2.yaml", &FULL.replace("rate: 20mbit", "rate: 10mbit"));
     let p = l.plan(&f2);

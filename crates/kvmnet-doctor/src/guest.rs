@@ -145,6 +145,13 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                 .and_then(|l| l.master.clone())
                 .filter(|m| s.link(m).is_some_and(|l| l.kind == LinkKind::Bridge))
                 .or_else(|| expected_bridge(cx, vm, n).map(|(b, _)| b));
+            // a macvtap/macvlan: the guest is on its lower device's wire, which kvmnet cannot see
+            let wire_parent = n
+                .host_dev
+                .as_deref()
+                .and_then(|d| s.link(d))
+                .filter(|l| matches!(l.kind, LinkKind::Macvtap | LinkKind::Macvlan))
+                .and_then(|l| l.parent.clone());
             // an Open vSwitch port: the segment is its bridge's VLAN, the host's interfaces on
             // it are the internal ports carrying that VLAN
             let ovs_seg = n
@@ -165,7 +172,11 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                         })
                         .unwrap_or_default(),
                 ),
-                None => (bridge.clone(), bridge.into_iter().collect()),
+                None => match &wire_parent {
+                    // a macvtap guest's segment is its lower device's LAN
+                    Some(p) => (Some(p.clone()), vec![p.clone()]),
+                    None => (bridge.clone(), bridge.into_iter().collect()),
+                },
             };
             // a guest whose subnet lives on another VLAN of this host: vlan-mismatch says so
             if crate::ovs::subnet_on_other_vlan(cx, vm, n) {
@@ -331,7 +342,23 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                                     == bridge
                             }
                         };
+                        // on a wire kvmnet cannot see, the gateway is presumed there when the
+                        // host knows it (its own gateway, or a live neighbour on that device)
+                        let on_wire = wire_parent.as_deref().is_some_and(|p| {
+                            s.neighbours.iter().any(|nb| {
+                                nb.ifname == p
+                                    && nb.address == gw
+                                    && !matches!(
+                                        nb.state,
+                                        kvmnet_model::ip::NeighState::Failed
+                                            | kvmnet_model::ip::NeighState::Incomplete
+                                    )
+                            }) || s.routes.iter().any(|r| {
+                                r.dev.as_deref() == Some(p) && r.first_gateway() == Some(gw)
+                            })
+                        });
                         let someone = host_owns
+                            || on_wire
                             || s.vms.iter().any(|o| {
                                 o.name != vm.name
                                     && o.vnics.iter().any(|on| {

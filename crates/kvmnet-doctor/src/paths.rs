@@ -675,6 +675,51 @@ fn finding_from_trace(
             .commands(fixes)
             .affects([vm.name.clone()])
         }
+        "macvtap-host" => {
+            let facts: Vec<String> = t.hops.last().map(|h| h.facts.clone()).unwrap_or_default();
+            // "macvtap0: macvtap mode bridge on eth0"
+            let (dev, parent) = facts
+                .first()
+                .map(|f| {
+                    let dev = f.split(':').next().unwrap_or("").to_string();
+                    let parent = f.rsplit(" on ").next().unwrap_or("").to_string();
+                    (dev, parent)
+                })
+                .unwrap_or_default();
+            Finding::new("macvtap-host-unreachable", Severity::Error, Layer::Virtual, format!("{}: {reason}", vm.name))
+                .subject([at_vm.clone(), dev.clone()])
+                .evidence([trail].into_iter().chain(facts.iter().cloned()))
+                .impact("the guest and the host cannot talk to each other (the guest reaches the rest of the LAN)")
+                .commands([
+                    format!("attach the guest to a Linux bridge on {parent} instead (libvirt: <interface type='bridge'><source bridge='br0'/>)"),
+                    format!("or give the host its own macvlan on {parent}: {}; {}", cx.cmd(&format!("ip link add link {parent} name {parent}-host type macvlan mode bridge")), cx.cmd(&format!("ip addr add ADDRESS dev {parent}-host"))),
+                ])
+                .affects([vm.name.clone(), at_vm.clone()])
+        }
+        "lower-down" => {
+            let parent = stage_dev("").unwrap_or_default();
+            Finding::new(
+                "uplink-down",
+                Severity::Error,
+                Layer::Host,
+                format!("{}: {reason}", vm.name),
+            )
+            .subject([parent.clone()])
+            .evidence([trail])
+            .impact("the macvtap guests on this device are cut off")
+            .commands([cx.cmd(&format!("ip link set {parent} up"))])
+            .affects([vm.name.clone()])
+        }
+        "macvtap-private" => Finding::new(
+            "macvtap-private",
+            Severity::Warning,
+            Layer::Virtual,
+            format!("{}: {reason}", vm.name),
+        )
+        .subject([vm.name.clone()])
+        .evidence([trail])
+        .impact("these guests cannot reach each other (deliberate with mode private)")
+        .affects([vm.name.clone()]),
         "port-isolated" => {
             let ports: Vec<String> = reason
                 .strip_prefix("ports ")

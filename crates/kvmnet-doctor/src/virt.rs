@@ -185,9 +185,12 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>) {
                     );
                 }
             }
-            // attachment
+            // attachment (a macvtap/macvlan hangs off its lower device, never a bridge)
+            let on_lower = matches!(link.kind, LinkKind::Macvtap | LinkKind::Macvlan);
             match (&link.master, &expected) {
-                (None, Some((b, why))) if s.addresses_of(&dev).all(|a| a.scope != "global") => {
+                (None, Some((b, why)))
+                    if !on_lower && s.addresses_of(&dev).all(|a| a.scope != "global") =>
+                {
                     if s.link(b).is_none() {
                         out.push(bridge_missing(cx, b, why, vm));
                         continue;

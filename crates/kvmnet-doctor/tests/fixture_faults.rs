@@ -765,3 +765,143 @@ fn dhcp_requests_dropped_by_an_input_rule() {
         .unwrap();
     assert_eq!(na.caused_by.as_deref(), Some("dhcp-blocked"));
 }
+
+/// A libvirt guest on a macvtap of the host's uplink (`<interface type='direct'>`), made from
+/// db1's record: address `ip` on the uplink's LAN, gateway the LAN's router, resolver `dns`.
+fn macvtap_guest(s: &mut HostState, name: &str, tap: &str, mode: &str, ip: &str, dns: &str) {
+    use kvmnet_model::link::MacvlanInfo;
+    let idx = s.links.iter().map(|l| l.index).max().unwrap_or(1) + 1;
+    let mut l = Link::new(idx, tap, LinkKind::Macvtap);
+    l.parent = Some("uplink".into());
+    l.macvlan = Some(MacvlanInfo { mode: mode.into() });
+    s.links.push(l);
+    let db1 = s.vms.iter().find(|v| v.name == "db1").unwrap().clone();
+    let mut v = serde_json::to_value(&db1).unwrap();
+    v["name"] = name.into();
+    v["source"] = "libvirt".into();
+    v["netns"] = serde_json::Value::Null;
+    let mac = format!("52:54:00:aa:bb:{:02x}", idx);
+    v["vnics"][0]["host_dev"] = tap.into();
+    v["vnics"][0]["iface_type"] = "direct".into();
+    v["vnics"][0]["source_dev"] = "uplink".into();
+    v["vnics"][0]["source_bridge"] = serde_json::Value::Null;
+    v["vnics"][0]["network"] = serde_json::Value::Null;
+    v["vnics"][0]["model"] = "virtio".into();
+    v["vnics"][0]["mac"] = mac.clone().into();
+    v["vnics"][0]["addresses"] = serde_json::json!([]);
+    v["guest"]["interfaces"][0]["mac"] = mac.into();
+    v["guest"]["interfaces"][0]["addresses"] = serde_json::json!([format!("{ip}/24")]);
+    v["guest"]["routes"] = serde_json::json!([
+        {"table": 254, "dst": "0.0.0.0/0", "gateway": "198.51.100.1", "dev": "eth0", "kind": "unicast", "protocol": "boot", "scope": "global"},
+        {"table": 254, "dst": "198.51.100.0/24", "dev": "eth0", "kind": "unicast", "protocol": "kernel", "scope": "link"}
+    ]);
+    v["guest"]["nameservers"] = serde_json::json!([dns]);
+    v["guest"]["neighbours"] = serde_json::json!([]);
+    s.vms.push(serde_json::from_value(v).unwrap());
+}
+
+#[test]
+fn macvtap_guests_reach_the_lan_but_never_the_host() {
+    use kvmnet_trace::{Endpoint, Verdict};
+    let mut s = healthy();
+    macvtap_guest(
+        &mut s,
+        "lan1",
+        "macvtap0",
+        "bridge",
+        "198.51.100.71",
+        "198.51.100.53",
+    );
+    macvtap_guest(
+        &mut s,
+        "lan2",
+        "macvtap1",
+        "bridge",
+        "198.51.100.72",
+        "198.51.100.53",
+    );
+    // healthy: the LAN router and the LAN's resolver are out on the wire
+    let r = run(&s);
+    assert_eq!(r.root_errors(), 0, "{:#?}", r.findings);
+    let t = icmp_trace(&s, "lan1", Endpoint::Addr("203.0.113.1".parse().unwrap()));
+    assert!(matches!(t.verdict, Verdict::Delivered { .. }), "{t:#?}");
+    assert!(
+        t.hops
+            .iter()
+            .any(|h| h.decision.contains("out of uplink to the wire")),
+        "{t:#?}"
+    );
+    // bridge mode: siblings on the same lower device reach each other directly
+    let t = icmp_trace(
+        &s,
+        "lan1",
+        Endpoint::Vm {
+            name: "lan2".into(),
+            vnic: None,
+        },
+    );
+    assert!(matches!(t.verdict, Verdict::Delivered { .. }), "{t:#?}");
+    // the host cannot reach them through the lower device, nor they the host
+    let host_to = kvmnet_trace::Tracer::new(&s)
+        .trace(&kvmnet_trace::FlowSpec {
+            from: Endpoint::Host,
+            to: Endpoint::Vm {
+                name: "lan1".into(),
+                vnic: None,
+            },
+            proto: 1,
+            dport: 0,
+            sport: None,
+            size: None,
+            df: false,
+        })
+        .unwrap();
+    assert_eq!(dropped(&host_to).0, "macvtap-host", "{host_to:#?}");
+    // a guest whose resolver is the host: that is the finding
+    let vm = s.vms.iter_mut().find(|v| v.name == "lan1").unwrap();
+    vm.guest.as_mut().unwrap().nameservers = Some(vec!["198.51.100.2".parse().unwrap()]);
+    let r = run(&s);
+    only_error(&r, "macvtap-host-unreachable", "lan1");
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.code == "macvtap-host-unreachable")
+        .unwrap();
+    assert!(f.subject.contains(&"macvtap0".to_string()), "{f:#?}");
+    assert!(
+        f.fix
+            .commands
+            .iter()
+            .any(|c| c.contains("type macvlan mode bridge")),
+        "{f:#?}"
+    );
+    // private mode: siblings are cut off from each other (a warning: it is what private means)
+    let vm = s.vms.iter_mut().find(|v| v.name == "lan1").unwrap();
+    vm.guest.as_mut().unwrap().nameservers = Some(vec!["198.51.100.53".parse().unwrap()]);
+    for l in s.links.iter_mut().filter(|l| l.name == "macvtap1") {
+        l.macvlan.as_mut().unwrap().mode = "private".into();
+    }
+    let (cause, _) = dropped(&icmp_trace(
+        &s,
+        "lan1",
+        Endpoint::Vm {
+            name: "lan2".into(),
+            vnic: None,
+        },
+    ));
+    assert_eq!(cause, "macvtap-private");
+    // the lower device down: every macvtap guest on it is cut off
+    for l in s.links.iter_mut().filter(|l| l.name == "uplink") {
+        l.admin_up = false;
+    }
+    let r = run(&s);
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.code == "uplink-down" && f.is_root_error())
+        .expect("uplink-down");
+    assert!(
+        f.affects.contains(&"lan1".to_string()) && f.affects.contains(&"lan2".to_string()),
+        "{f:#?}"
+    );
+}

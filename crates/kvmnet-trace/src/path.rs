@@ -493,6 +493,12 @@ enum Landed {
     External {
         dev: String,
     },
+    /// Left a macvtap/macvlan guest's lower device `parent` onto the wire, at layer 2.
+    Wire {
+        parent: String,
+        vm: usize,
+        vnic: usize,
+    },
     /// Left the host at layer 2 through Open vSwitch port `port` of `bridge`, in VLAN `vid`.
     OvsOut {
         bridge: String,
@@ -705,6 +711,22 @@ impl<'t, 'a> Walk<'t, 'a> {
                         vec![],
                     )),
                 }
+            }
+            Landed::Wire { parent, vm, vnic } => {
+                landed_desc = format!("{} via {parent} (on the wire)", pkt.dst);
+                self.hop(
+                    "LAN",
+                    format!("{} answers {}", pkt.dst, rp.dst),
+                    vec![format!(
+                        "the reply comes back on {parent} to the guest's MAC"
+                    )],
+                );
+                let o = Owner {
+                    vm: *vm,
+                    vnic: *vnic,
+                };
+                let stage = format!("{parent} (lower device)");
+                self.deliver_guest(o, rp, &stage)
             }
             Landed::Host => {
                 landed_desc = format!("host ({})", pkt.dst);
@@ -1182,6 +1204,9 @@ impl<'a> Walk<'_, 'a> {
             "receives the frame",
             vec![format!("{dev}: {}, mtu {}", link.state_word(), link.mtu)],
         );
+        if matches!(link.kind, LinkKind::Macvtap | LinkKind::Macvlan) {
+            return self.macvtap_out(vi, ni, &dev, link, next_hop, pkt);
+        }
         // a port of an Open vSwitch bridge (no kernel master with the userspace datapath)
         if let Some((b, p)) = s.ovs.as_ref().and_then(|o| o.port_of(&dev)) {
             return self.ovs_switch(b, &p.name, p.native_vlan(), next_hop, pkt);
@@ -1398,6 +1423,110 @@ impl<'a> Walk<'_, 'a> {
             "arp-failed",
             format!("nothing on {br} answers ARP for {nh}"),
             facts,
+        ))
+    }
+
+    /// A frame from a macvtap/macvlan guest: it goes out of the lower device to the wire;
+    /// in bridge mode, siblings on the same lower device get it directly; the host's own
+    /// stack on the lower device never sees it.
+    fn macvtap_out(
+        &mut self,
+        vi: usize,
+        ni: usize,
+        dev: &str,
+        link: &'a Link,
+        next_hop: IpAddr,
+        pkt: Packet,
+    ) -> Step<Arrived> {
+        let s = self.t.state;
+        let mode = link
+            .macvlan
+            .as_ref()
+            .map(|m| m.mode.clone())
+            .unwrap_or_else(|| "vepa".into());
+        let Some(parent) = link.parent.clone() else {
+            return Err(Verdict::Unknown {
+                at: self.stage(dev),
+                what: format!("the lower device of {dev} is not known"),
+                rule: None,
+            });
+        };
+        let pstage = format!("{parent} (lower device of {dev})");
+        self.link_ok(&parent, &pstage, "lower-down")?;
+        if s.addresses
+            .iter()
+            .any(|a| a.address == next_hop || a.address == pkt.dst)
+        {
+            let which = if s.addresses.iter().any(|a| a.address == pkt.dst) {
+                pkt.dst
+            } else {
+                next_hop
+            };
+            return Err(self.drop(
+                &pstage,
+                "macvtap-host",
+                format!(
+                    "{which} is the host's, but vm:{} reaches the network through {dev} ({} {mode} on {parent}): frames from a macvtap never reach the host's own stack on its lower device",
+                    s.vms[vi].name, link.kind
+                ),
+                vec![format!("{dev}: {} mode {mode} on {parent}", link.kind)],
+            ));
+        }
+        // a sibling guest on the same lower device
+        if let Some(o) = self.t.owners.get(&next_hop).cloned() {
+            let sib = s.vms[o.vm].vnics[o.vnic]
+                .host_dev
+                .as_deref()
+                .and_then(|d| self.t.link(d));
+            if let Some(sib) = sib.filter(|l| {
+                matches!(l.kind, LinkKind::Macvtap | LinkKind::Macvlan)
+                    && l.parent.as_deref() == Some(parent.as_str())
+            }) {
+                let smode = sib
+                    .macvlan
+                    .as_ref()
+                    .map(|m| m.mode.as_str())
+                    .unwrap_or("vepa");
+                return match (mode.as_str(), smode) {
+                    ("bridge", "bridge") => {
+                        self.hop(&pstage, format!("bridge mode: {parent} switches it to {} (vm:{})", sib.name, s.vms[o.vm].name), vec![]);
+                        let stage = format!("{} (to vm:{})", sib.name, s.vms[o.vm].name);
+                        let (l, p, n) = self.deliver_guest(o, pkt, &stage)?;
+                        Ok((l, p, n))
+                    }
+                    ("private", _) | (_, "private") => Err(self.drop(
+                        &pstage,
+                        "macvtap-private",
+                        format!("{dev} and {} are macvtaps on {parent} and one is in private mode: they never reach each other", sib.name),
+                        vec![format!("{dev}: mode {mode}"), format!("{}: mode {smode}", sib.name)],
+                    )),
+                    _ => Err(Verdict::Unknown {
+                        at: self.stage(&pstage),
+                        what: format!("{dev} ({mode}) and {} ({smode}) on {parent}: the frame goes out to the switch, which must reflect it back (VEPA hairpin) for it to arrive", sib.name),
+                        rule: None,
+                    }),
+                };
+            }
+        }
+        self.hop(
+            &pstage,
+            format!("out of {parent} to the wire ({} {mode})", link.kind),
+            vec![format!(
+                "{parent}: {}",
+                self.t
+                    .link(&parent)
+                    .map(|l| l.state_word())
+                    .unwrap_or_default()
+            )],
+        );
+        Ok((
+            Landed::Wire {
+                parent,
+                vm: vi,
+                vnic: ni,
+            },
+            pkt,
+            PathNotes::default(),
         ))
     }
 
@@ -2099,6 +2228,32 @@ impl<'a> Walk<'_, 'a> {
                 self.neigh_check(&dev, nh, &o)?;
                 let (l, p, _) = self.deliver_guest(o, pkt, &stage)?;
                 return Ok((l, p, notes));
+            }
+        }
+        // a macvtap/macvlan guest on the device the host sends through: the kernel never
+        // passes frames between a lower device and its macvtaps
+        if let Some(o) = self.t.owners.get(&pkt.dst).cloned() {
+            let v = &s.vms[o.vm];
+            if let Some(m) = v.vnics[o.vnic]
+                .host_dev
+                .as_deref()
+                .and_then(|d| self.t.link(d))
+            {
+                if matches!(m.kind, LinkKind::Macvtap | LinkKind::Macvlan)
+                    && m.parent.as_deref() == Some(dev.as_str())
+                {
+                    return Err(self.drop(
+                        &stage,
+                        "macvtap-host",
+                        format!(
+                            "vm:{} sits on {dev} through {} ({}): the host's own traffic out of {dev} never reaches its macvtaps (frames go to the wire, and the switch does not send them back)",
+                            v.name,
+                            m.name,
+                            m.kind
+                        ),
+                        vec![format!("{}: {} mode {} on {dev}", m.name, m.kind, m.macvlan.as_ref().map(|x| x.mode.as_str()).unwrap_or("?"))],
+                    ));
+                }
             }
         }
         // the destination is a guest of this host, but the route leads elsewhere

@@ -212,8 +212,38 @@ impl Lab {
             gateway: Some(self.gateway()),
             mtu: None,
             agent: true,
+            fd_device: None,
         };
         self.add_qemu(&spec)
+    }
+
+    /// Boots a QEMU guest on a macvtap (bridge mode) of the hypervisor's device `lower`, the
+    /// way libvirt's `<interface type='direct'>` does: the macvtap takes the guest's MAC and
+    /// QEMU gets its character device.
+    pub fn add_qemu_macvtap(&mut self, spec: &QemuSpec, lower: &str) -> Result<()> {
+        let image = GuestImage::get()?;
+        let hv = &self.hv;
+        hv.ip(&[
+            "link", "add", "link", lower, "name", &spec.tap, "type", "macvtap", "mode", "bridge",
+        ])?;
+        hv.ip(&["link", "set", &spec.tap, "address", &spec.mac])?;
+        hv.ip(&["link", "set", &spec.tap, "up"])?;
+        let idx = hv
+            .exec(&["cat", &format!("/sys/class/net/{}/ifindex", spec.tap)])
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no ifindex for {}", spec.tap))?;
+        let dev = format!("/dev/tap{idx}");
+        let t = std::time::Instant::now();
+        while !std::path::Path::new(&dev).exists()
+            && t.elapsed() < std::time::Duration::from_secs(5)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut spec = spec.clone();
+        spec.fd_device = Some(dev);
+        self.vms.push(QemuGuest::launch(hv, &image, &spec)?);
+        Ok(())
     }
 
     /// Boots a QEMU guest from a full spec; the tap is created on the lab's bridge first.

@@ -126,6 +126,9 @@ pub struct QemuSpec {
     pub mtu: Option<u32>,
     /// Start qemu-guest-agent on a virtio-serial port.
     pub agent: bool,
+    /// A macvtap's character device (`/dev/tapN`) to hand QEMU as its tap (fd 3) instead of
+    /// a tap device by name.
+    pub fd_device: Option<String>,
 }
 
 /// A running QEMU guest; stopped by its PID and its files removed on drop.
@@ -185,7 +188,10 @@ impl QemuGuest {
             "-append",
             &append,
             "-netdev",
-            &format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap),
+            &match &spec.fd_device {
+                Some(_) => "tap,id=n0,fd=3".to_string(),
+                None => format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap),
+            },
             "-device",
             &format!("{nic},netdev=n0,mac={}", spec.mac),
             "-serial",
@@ -229,6 +235,14 @@ impl QemuGuest {
         std::fs::create_dir_all(&dir)?;
         let cmd = Self::command_line(image, spec, &dir);
         let mut args = vec!["ip", "netns", "exec", hv.name()];
+        // a macvtap: QEMU gets its character device open as fd 3
+        let redirect = spec
+            .fd_device
+            .as_ref()
+            .map(|d| format!("exec \"$0\" \"$@\" 3<>{d}"));
+        if let Some(r) = &redirect {
+            args.extend(["sh", "-c", r.as_str()]);
+        }
         args.extend(cmd.iter().map(String::as_str));
         let started = crate::run(&args);
         let pid = std::fs::read_to_string(dir.join("qemu.pid"))
@@ -426,6 +440,7 @@ mod tests {
             gateway: Some("10.0.0.1".into()),
             mtu: Some(1400),
             agent: true,
+            fd_device: None,
         };
         let v = QemuGuest::command_line(&img, &spec, Path::new("/run/x")).join(" ");
         assert!(v.contains("ifname=tap1,script=no"));

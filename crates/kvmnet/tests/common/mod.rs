@@ -82,3 +82,16 @@ pub fn eventually(what: &str, secs: u64, f: impl Fn() -> bool) {
     }
     panic!("timed out waiting until {what}");
 }
+
+/// Retries `f` for up to `secs` seconds until it yields a value; panics naming `what` when it
+/// never does.
+pub fn eventually_value<T>(what: &str, secs: u64, f: impl Fn() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("timed out waiting until {what}");
+}

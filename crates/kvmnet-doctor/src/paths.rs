@@ -331,17 +331,22 @@ fn finding_from_trace(
                 || at.contains("output")
                 || (to_gateway && !at.contains("forward"))
             {
-                "gateway-unreachable"
+                // a service of the host itself (its resolver) refused by the host's rules
+                if what.starts_with("dns ") {
+                    "host-input-blocked"
+                } else {
+                    "gateway-unreachable"
+                }
             } else {
                 "forward-blocked"
             };
             Finding::new(
                 code,
                 Severity::Error,
-                if code == "forward-blocked" {
-                    Layer::Virtual
-                } else {
-                    Layer::Guest
+                match code {
+                    "forward-blocked" => Layer::Virtual,
+                    "host-input-blocked" => Layer::Host,
+                    _ => Layer::Guest,
                 },
                 format!(
                     "{}: traffic to {what} is {} by {} {} {}",

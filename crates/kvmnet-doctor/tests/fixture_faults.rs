@@ -905,3 +905,37 @@ fn macvtap_guests_reach_the_lan_but_never_the_host() {
         "{f:#?}"
     );
 }
+
+/// The host runs the guests' resolver, and a host input rule drops DNS: the rule is the cause.
+#[test]
+fn dns_to_the_host_dropped_by_an_input_rule() {
+    let mut s = healthy();
+    s.sockets.push(ListenSocket {
+        proto: "udp".into(),
+        address: "10.0.0.1".parse().unwrap(),
+        port: 53,
+        process: None,
+    });
+    for vm in &mut s.vms {
+        vm.guest.as_mut().unwrap().nameservers = Some(vec!["10.0.0.1".parse().unwrap()]);
+    }
+    assert_eq!(run(&s).root_errors(), 0, "{:#?}", run(&s).findings);
+    kvmnet_model::nft_script::load_script(
+        "table inet guard {\n  chain in {\n    type filter hook input priority filter; policy accept;\n    iifname \"br0\" udp dport 53 drop\n  }\n}\n",
+        &mut s.nftables,
+    )
+    .unwrap();
+    let r = run(&s);
+    only_error(&r, "host-input-blocked", "inet guard in");
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.code == "host-input-blocked")
+        .unwrap();
+    assert_eq!(f.affects.len(), 3, "{f:#?}");
+    assert!(r
+        .findings
+        .iter()
+        .filter(|f| f.code == "dns-unreachable")
+        .all(|f| f.caused_by.as_deref() == Some("host-input-blocked")));
+}

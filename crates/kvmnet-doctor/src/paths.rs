@@ -375,6 +375,12 @@ fn finding_from_trace(
             ])
             .impact(format!("{}'s traffic to {what} never passes", vm.name))
             .commands(match r.rule.handle {
+                // kvmnet's configuration wrote this rule: the configuration is what to change
+                _ if &*r.rule.table == "kvmnet_cfg" => vec![format!(
+                    "this rule comes from kvmnet's configuration ({}): change the vNIC's antispoof/firewall settings there, then {}",
+                    if r.text.contains("comment") { r.text.rsplit("comment ").next().unwrap_or("").trim_matches('"').to_string() } else { "see `kvmnet plan`".into() },
+                    format!("kvmnet apply -f CONFIG.yaml{}", s.netns.as_deref().map(|n| format!(" --netns {n}")).unwrap_or_default())
+                )],
                 Some(h) => vec![
                     format!(
                         "inspect: {}",
@@ -420,23 +426,26 @@ fn finding_from_trace(
             ])
             .affects([vm.name.clone()])
         }
-        "ip-forward-disabled" => Finding::new(
-            "ip-forward-disabled",
-            Severity::Error,
-            Layer::Host,
-            reason.clone(),
-        )
-        .subject([if reason.contains("conf.") {
-            reason
-                .split_whitespace()
-                .find(|w| w.starts_with("net.ipv4.conf."))
-                .unwrap_or("")
-                .to_string()
-        } else {
-            "net.ipv4.ip_forward".to_string()
-        }])
-        .evidence([trail])
-        .affects([vm.name.clone()]),
+        "ip-forward-disabled" => {
+            // the sysctl the trace names: net.ipv4.ip_forward, net.ipv4.conf.X.forwarding,
+            // net.ipv6.conf.all.forwarding...
+            let key = reason
+                .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+                .find(|w| w.starts_with("net.ipv"))
+                .unwrap_or("net.ipv4.ip_forward")
+                .to_string();
+            Finding::new(
+                "ip-forward-disabled",
+                Severity::Error,
+                Layer::Host,
+                reason.clone(),
+            )
+            .subject([key.clone()])
+            .evidence([trail])
+            .impact("the host routes nothing between the guests and the outside")
+            .commands([cx.cmd(&format!("sysctl -w {key}=1"))])
+            .affects([vm.name.clone()])
+        }
         "rp-filter" => {
             let iif = reason
                 .split(" on ")

@@ -939,3 +939,76 @@ fn dns_to_the_host_dropped_by_an_input_rule() {
         .filter(|f| f.code == "dns-unreachable")
         .all(|f| f.caused_by.as_deref() == Some("host-input-blocked")));
 }
+
+/// IPv6 beside IPv4: a guest with an IPv6 address and route, the host forwarding IPv6 or not.
+#[test]
+fn ipv6_forwarding_off_for_a_dual_stack_guest() {
+    let mut s = healthy();
+    let addr = |ifname: &str, a: &str, len: u8| Address {
+        ifname: ifname.into(),
+        ifindex: s.links.iter().find(|l| l.name == ifname).unwrap().index,
+        address: a.parse().unwrap(),
+        prefix_len: len,
+        scope: "global".into(),
+        flags: vec![],
+    };
+    let (a1, a2) = (
+        addr("br0", "2001:db8:1::1", 64),
+        addr("uplink", "2001:db8:ff::2", 64),
+    );
+    s.addresses.extend([a1, a2]);
+    let mut def6 = s.routes.iter().find(|r| r.is_default()).unwrap().clone();
+    def6.dst = "::/0".parse().unwrap();
+    def6.gateway = Some("2001:db8:ff::1".parse().unwrap());
+    let mut on_link = def6.clone();
+    on_link.dst = "2001:db8:ff::/64".parse().unwrap();
+    on_link.gateway = None;
+    let mut on_br = on_link.clone();
+    on_br.dst = "2001:db8:1::/64".parse().unwrap();
+    on_br.dev = Some("br0".into());
+    s.routes.extend([def6, on_link, on_br]);
+    s.sysctls.ipv6_forwarding = Some(true);
+    let vm = s.vms.iter_mut().find(|v| v.name == "db1").unwrap();
+    let g = vm.guest.as_mut().unwrap();
+    g.interfaces[0]
+        .addresses
+        .push("2001:db8:1::13/64".parse().unwrap());
+    let routes = g.routes.as_mut().unwrap();
+    let mut gdef = routes.iter().find(|r| r.is_default()).unwrap().clone();
+    gdef.dst = "::/0".parse().unwrap();
+    gdef.gateway = Some("2001:db8:1::1".parse().unwrap());
+    let mut gnet = gdef.clone();
+    gnet.dst = "2001:db8:1::/64".parse().unwrap();
+    gnet.gateway = None;
+    routes.extend([gdef, gnet]);
+    let run6 = |s: &HostState| {
+        diagnose(
+            s,
+            &Options {
+                target: Some("2001:db8:ff::1".parse().unwrap()),
+                ..Default::default()
+            },
+        )
+    };
+    let r = run6(&s);
+    assert_eq!(r.root_errors(), 0, "{:#?}", r.findings);
+    s.sysctls.ipv6_forwarding = Some(false);
+    let r = run6(&s);
+    only_error(&r, "ip-forward-disabled", "net.ipv6.conf.all.forwarding");
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.code == "ip-forward-disabled")
+        .unwrap();
+    assert!(
+        f.fix
+            .commands
+            .iter()
+            .any(|c| c.contains("sysctl -w net.ipv6.conf.all.forwarding=1")),
+        "{f:#?}"
+    );
+    assert!(
+        f.affects.contains(&"db1".to_string()) && !f.affects.contains(&"web1".to_string()),
+        "{f:#?}"
+    );
+}

@@ -689,6 +689,34 @@ fn finding_from_trace(
             .commands(fixes)
             .affects([vm.name.clone()])
         }
+        "fdb-wrong-port" => {
+            let facts: Vec<String> = t.hops.last().map(|h| h.facts.clone()).unwrap_or_default();
+            // "fdb: 52:54:.. dev vnet3 static sticky"
+            let mut w = facts
+                .first()
+                .and_then(|f| f.strip_prefix("fdb: "))
+                .map(|f| f.split_whitespace())
+                .into_iter()
+                .flatten();
+            let (mac, port) = (
+                w.next().unwrap_or("").to_string(),
+                w.nth(1).unwrap_or("").to_string(),
+            );
+            let br = stage_dev("bridge ").unwrap_or_default();
+            // the guest whose MAC is pinned elsewhere: "(vm:NAME)" in the reason
+            let owner = reason
+                .split("(vm:")
+                .nth(1)
+                .and_then(|r| r.split(')').next())
+                .map(str::to_string)
+                .unwrap_or_else(|| at_vm.clone());
+            Finding::new("fdb-wrong-port", Severity::Error, Layer::Virtual, reason.clone())
+                .subject([owner.clone(), format!("{mac} on {port}"), br])
+                .evidence([trail].into_iter().chain(facts.iter().cloned()))
+                .impact("frames for this guest leave through another port: it receives nothing from the host or its peers")
+                .commands([cx.cmd(&format!("bridge fdb del {mac} dev {port} master"))])
+                .affects([vm.name.clone(), owner])
+        }
         "macvtap-host" => {
             let facts: Vec<String> = t.hops.last().map(|h| h.facts.clone()).unwrap_or_default();
             // "macvtap0: macvtap mode bridge on eth0"

@@ -892,6 +892,7 @@ pub(crate) fn dump_fdb(
             vlan,
             state: state.to_string(),
             is_self: n.header.flags.contains(NeighbourFlags::Own),
+            sticky: n.header.flags.contains(NeighbourFlags::Sticky),
             dst,
         });
     }

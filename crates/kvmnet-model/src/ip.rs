@@ -317,6 +317,9 @@ pub struct FdbEntry {
     /// The entry lives in the port's own table (`self`) rather than the bridge's (`master`).
     #[serde(default)]
     pub is_self: bool,
+    /// `sticky`: the entry never moves to the port a frame from this MAC arrives on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sticky: bool,
     /// VXLAN remote for this MAC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst: Option<IpAddr>,

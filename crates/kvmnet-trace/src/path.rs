@@ -1389,6 +1389,7 @@ impl<'a> Walk<'_, 'a> {
                 }],
             );
             self.bridge_vlan(br, port, &out_dev)?;
+            self.fdb_check(br, &out_dev, &o)?;
             let isolated = |d: &str| {
                 self.t
                     .link(d)
@@ -1605,6 +1606,44 @@ impl<'a> Walk<'_, 'a> {
                 vec![],
             )),
         }
+    }
+
+    /// The bridge's forwarding database for a guest's MAC: an entry that pins the MAC to
+    /// another port (sticky, or static where the guest's port does not learn) sends every frame
+    /// for the guest there.
+    fn fdb_check(&mut self, br: &str, port: &str, o: &Owner) -> Step<()> {
+        let s = self.t.state;
+        let vm = &s.vms[o.vm];
+        let Some(mac) = vm.vnics[o.vnic].mac else {
+            return Ok(());
+        };
+        let learns = self
+            .t
+            .link(port)
+            .and_then(|l| l.bridge_port.as_ref())
+            .is_none_or(|p| p.learning);
+        let pinned = s.fdb.iter().find(|f| {
+            f.mac == mac
+                && !f.is_self
+                && f.ifname != port
+                && self.t.link(&f.ifname).and_then(|l| l.master.as_deref()) == Some(br)
+                && (f.sticky || (!learns && f.state != "dynamic"))
+        });
+        if let Some(f) = pinned {
+            let what = format!(
+                "{mac} dev {} {}{}",
+                f.ifname,
+                f.state,
+                if f.sticky { " sticky" } else { "" }
+            );
+            return Err(self.drop(
+                &format!("bridge {br}"),
+                "fdb-wrong-port",
+                format!("{br}'s forwarding database sends {mac} (vm:{}) to port {}, but the guest is on {port}", vm.name, f.ifname),
+                vec![format!("fdb: {what}")],
+            ));
+        }
+        Ok(())
     }
 
     /// VLAN filtering on a Linux bridge: an untagged frame from `from` (a port, or the bridge
@@ -2208,6 +2247,7 @@ impl<'a> Walk<'_, 'a> {
                     self.neigh_check(&dev, nh, &o)?;
                     if self.t.link(&port).and_then(|l| l.master.as_deref()) == Some(dev.as_str()) {
                         self.bridge_vlan(&dev, &dev, &port)?;
+                        self.fdb_check(&dev, &port, &o)?;
                     }
                     let (l, p, _) = self.send_to_port(&dev, &port, pkt, o)?;
                     return Ok((l, p, notes));

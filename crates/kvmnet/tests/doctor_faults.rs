@@ -158,6 +158,26 @@ fn catalogue() -> Vec<Fault> {
             },
         },
         Fault {
+            code: "fdb-wrong-port",
+            subject: |l| g(l, 1).name().to_string(),
+            severity: "error",
+            inject: |l| {
+                // guest 2's MAC pinned to guest 3's port
+                l.hv.exec(&[
+                    "bridge",
+                    "fdb",
+                    "replace",
+                    &g(l, 1).mac,
+                    "dev",
+                    &g(l, 2).host_dev,
+                    "master",
+                    "static",
+                    "sticky",
+                ])
+                .unwrap();
+            },
+        },
+        Fault {
             code: "neigh-wrong-mac",
             subject: |l| g(l, 1).name().to_string(),
             severity: "error",

@@ -153,6 +153,34 @@ fn faults() -> Vec<(&'static str, Inject)> {
                 g.ns.ip(&["neigh", "flush", "all"]).unwrap();
             }
         }),
+        ("g2's MAC pinned to g3's port (sticky FDB entry)", |l| {
+            l.hv.exec(&[
+                "bridge",
+                "fdb",
+                "replace",
+                &l.guests[1].mac,
+                "dev",
+                &l.guests[2].host_dev,
+                "master",
+                "static",
+                "sticky",
+            ])
+            .unwrap();
+        }),
+        ("g1's MAC pinned to g2's port (sticky FDB entry)", |l| {
+            l.hv.exec(&[
+                "bridge",
+                "fdb",
+                "replace",
+                &l.guests[0].mac,
+                "dev",
+                &l.guests[1].host_dev,
+                "master",
+                "static",
+                "sticky",
+            ])
+            .unwrap();
+        }),
         ("isolated ports (g1, g2)", |l| {
             for g in &l.guests[..2] {
                 l.hv.exec(&[

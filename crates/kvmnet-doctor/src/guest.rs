@@ -76,16 +76,7 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                         ..
                     } = &t.verdict
                     {
-                        let subject = format!(
-                            "{} {} {}{}",
-                            r.rule.family,
-                            r.rule.table,
-                            r.rule.chain,
-                            r.rule
-                                .handle
-                                .map(|h| format!(" handle {h}"))
-                                .unwrap_or_else(|| " policy".into())
-                        );
+                        let subject = crate::paths::rule_subject(r);
                         let mut b = Finding::new(
                             "dhcp-blocked",
                             Severity::Error,

@@ -224,6 +224,20 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>) -> Vec<Pending> {
     pend
 }
 
+/// A rule as a finding's subject: `inet filter forward handle 7` (or `... policy`).
+pub(crate) fn rule_subject(r: &kvmnet_trace::RuleEvidence) -> String {
+    format!(
+        "{} {} {}{}",
+        r.rule.family,
+        r.rule.table,
+        r.rule.chain,
+        r.rule
+            .handle
+            .map(|h| format!(" handle {h}"))
+            .unwrap_or_else(|| " policy".into())
+    )
+}
+
 /// The finding a failed trace points at.
 fn finding_from_trace(
     cx: &Ctx,
@@ -274,18 +288,6 @@ fn finding_from_trace(
         let a = at.trim_start_matches("reply: ");
         a.strip_prefix(prefix)
             .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
-    };
-    let rule_subject = |r: &kvmnet_trace::RuleEvidence| {
-        format!(
-            "{} {} {}{}",
-            r.rule.family,
-            r.rule.table,
-            r.rule.chain,
-            r.rule
-                .handle
-                .map(|h| format!(" handle {h}"))
-                .unwrap_or_else(|| " policy".into())
-        )
     };
     // the VM a guest-side drop happened in (the destination of a peer trace, or the source)
     let at_vm: String = at

@@ -1769,6 +1769,19 @@ impl RuleCx<'_> {
         Err(name)
     }
 
+    /// `meta KEY == data`, in the first register.
+    fn meta_eq(&mut self, key: &str, data: Vec<u8>) {
+        self.out.push(Expr::Meta {
+            key: key.into(),
+            dreg: REG1,
+        });
+        self.out.push(Expr::Cmp {
+            sreg: REG1,
+            op: CmpOp::Eq,
+            data: Bytes(data),
+        });
+    }
+
     /// The protocol dependency nft inserts before a payload load.
     fn dependency(&mut self, f: &Field) {
         if self.skip_deps {
@@ -1803,15 +1816,7 @@ impl RuleCx<'_> {
                         "ip6" => 10,
                         _ => return,
                     };
-                    self.out.push(Expr::Meta {
-                        key: "nfproto".into(),
-                        dreg: REG1,
-                    });
-                    self.out.push(Expr::Cmp {
-                        sreg: REG1,
-                        op: CmpOp::Eq,
-                        data: Bytes(vec![v]),
-                    });
+                    self.meta_eq("nfproto", vec![v]);
                 }
                 NftFamily::Bridge | NftFamily::Netdev => {
                     let v: u16 = match l3 {
@@ -1820,29 +1825,13 @@ impl RuleCx<'_> {
                         "arp" => 0x0806,
                         _ => return,
                     };
-                    self.out.push(Expr::Meta {
-                        key: "protocol".into(),
-                        dreg: REG1,
-                    });
-                    self.out.push(Expr::Cmp {
-                        sreg: REG1,
-                        op: CmpOp::Eq,
-                        data: Bytes(v.to_be_bytes().to_vec()),
-                    });
+                    self.meta_eq("protocol", v.to_be_bytes().to_vec());
                 }
                 _ => {}
             }
         }
         if let Some(p) = f.l4 {
-            self.out.push(Expr::Meta {
-                key: "l4proto".into(),
-                dreg: REG1,
-            });
-            self.out.push(Expr::Cmp {
-                sreg: REG1,
-                op: CmpOp::Eq,
-                data: Bytes(vec![p]),
-            });
+            self.meta_eq("l4proto", vec![p]);
         }
     }
 

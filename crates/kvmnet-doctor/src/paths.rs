@@ -446,6 +446,10 @@ fn finding_from_trace(
             .evidence([trail])
             .impact("the host routes nothing between the guests and the outside")
             .commands([cx.cmd(&format!("sysctl -w {key}=1"))])
+            .steps([PlanStep::SetSysctl {
+                key: key.clone(),
+                value: "1".into(),
+            }])
             .affects([vm.name.clone()])
         }
         "rp-filter" => {
@@ -581,7 +585,30 @@ fn finding_from_trace(
         }
         "arp-ignored" => {
             let br = stage_dev("bridge ").unwrap_or_default();
+            // the safe fix: the bridge's own setting, when it is the one in effect (`all` is
+            // host-wide and left to the admin)
+            let all = s
+                .sysctls
+                .interfaces
+                .get("all")
+                .and_then(|i| i.arp_ignore)
+                .unwrap_or(0);
+            let dev = s
+                .sysctls
+                .interfaces
+                .get(&br)
+                .and_then(|i| i.arp_ignore)
+                .unwrap_or(0);
+            let steps = if dev > 0 && all == 0 {
+                vec![PlanStep::SetSysctl {
+                    key: format!("net.ipv4.conf.{br}.arp_ignore"),
+                    value: "0".into(),
+                }]
+            } else {
+                vec![]
+            };
             Finding::new("arp-ignored", Severity::Error, Layer::Host, format!("{}: {reason}", vm.name))
+                .steps(steps)
                 .subject([format!("net.ipv4.conf.{br}.arp_ignore")])
                 .evidence([trail])
                 .impact("guests on this bridge cannot resolve the host's address: no gateway, no DHCP replies routed back")

@@ -20,6 +20,7 @@ fn break_lab(lab: &Lab) {
         .ip(&["link", "set", &lab.guests[2].host_dev, "nomaster"])
         .unwrap();
     lab.hv.nft("delete table ip kvmlab\n").unwrap();
+    lab.hv.sysctl("net.ipv4.conf.br0.arp_ignore", "8").unwrap();
 }
 
 #[test]
@@ -57,6 +58,7 @@ fn fix_repairs_a_broken_lab() {
     );
     for want in [
         "net.ipv4.ip_forward = 1",
+        "net.ipv4.conf.br0.arp_ignore = 0",
         "up",
         "master br0",
         "masquerade 10.0.0.0/24 out of uplink",

@@ -718,6 +718,39 @@ fn finding_from_trace(
             .commands(fixes)
             .affects([vm.name.clone()])
         }
+        "misrouted" => {
+            let facts: Vec<String> = t.hops.last().map(|h| h.facts.clone()).unwrap_or_default();
+            // "route 10.0.0.0/25 dev uplink table main"
+            let route = facts
+                .iter()
+                .find_map(|f| f.strip_prefix("route "))
+                .map(str::to_string);
+            let summary = match &route {
+                Some(r) => format!(
+                    "route {} takes guests' addresses away from their bridge ({reason})",
+                    r.rsplit_once(" table ").map(|x| x.0).unwrap_or(r)
+                ),
+                None => reason.clone(),
+            };
+            let mut f = Finding::new("route-misdirected", Severity::Error, Layer::Host, summary)
+                .evidence([trail].into_iter().chain(facts.iter().cloned()))
+                .impact("traffic to these guests (replies included) leaves the host on the wrong interface")
+                .affects([vm.name.clone(), at_vm.clone()]);
+            if let Some(r) = route {
+                let table = r.rsplit(" table ").next().unwrap_or("main").to_string();
+                let spec = r
+                    .rsplit_once(" table ")
+                    .map(|x| x.0)
+                    .unwrap_or(&r)
+                    .to_string();
+                f = f
+                    .subject([format!("route {spec} (table {table})")])
+                    .commands([cx.cmd(&format!("ip route del {spec} table {table}"))]);
+            } else {
+                f = f.subject([at_vm.clone()]);
+            }
+            f
+        }
         "fdb-wrong-port" => {
             let facts: Vec<String> = t.hops.last().map(|h| h.facts.clone()).unwrap_or_default();
             // "fdb: 52:54:.. dev vnet3 static sticky"
@@ -1185,6 +1218,16 @@ pub(crate) fn check_port_forwards(cx: &Ctx, out: &mut Vec<Finding>) {
                                 .unwrap_or_default(),
                             r.text
                         )]);
+                    }
+                    // the same drop already diagnosed on the guests' own paths: that is the cause
+                    if let Some(root) = out.iter().find(|e| {
+                        e.caused_by.is_none()
+                            && e.severity == Severity::Error
+                            && e.code != "port-forward-blocked"
+                            && (e.summary == *reason
+                                || e.evidence.iter().any(|ev| ev.ends_with(reason.as_str())))
+                    }) {
+                        f.caused_by = Some(root.code.clone());
                     }
                     out.push(f);
                 }

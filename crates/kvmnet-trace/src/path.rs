@@ -2313,7 +2313,20 @@ impl<'a> Walk<'_, 'a> {
                     v.name,
                     home.map(|h| format!(" (on {h})")).unwrap_or_default()
                 ),
-                vec![],
+                // the route that sends it there
+                match route(s, pkt.src, pkt.dst, None, pkt.mark) {
+                    RouteResult::Unicast {
+                        dst,
+                        table,
+                        gateway,
+                        ..
+                    } => vec![format!(
+                        "route {dst}{} dev {dev} table {}",
+                        gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
+                        kvmnet_model::ip::table_name(table)
+                    )],
+                    _ => vec![],
+                },
             ));
         }
         // a neighbour entry the kernel already gave up on

@@ -158,6 +158,16 @@ fn catalogue() -> Vec<Fault> {
             },
         },
         Fault {
+            code: "route-misdirected",
+            subject: |_| "route 10.0.0.0/25 dev uplink".into(),
+            severity: "error",
+            inject: |l| {
+                // a more specific route steals the guests' half of the subnet
+                l.hv.ip(&["route", "add", "10.0.0.0/25", "dev", "uplink"])
+                    .unwrap();
+            },
+        },
+        Fault {
             code: "fdb-wrong-port",
             subject: |l| g(l, 1).name().to_string(),
             severity: "error",

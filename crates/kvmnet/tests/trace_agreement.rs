@@ -153,6 +153,10 @@ fn faults() -> Vec<(&'static str, Inject)> {
                 g.ns.ip(&["neigh", "flush", "all"]).unwrap();
             }
         }),
+        ("a more specific route steals the guests' addresses", |l| {
+            l.hv.ip(&["route", "add", "10.0.0.0/25", "dev", "uplink"])
+                .unwrap();
+        }),
         ("g2's MAC pinned to g3's port (sticky FDB entry)", |l| {
             l.hv.exec(&[
                 "bridge",

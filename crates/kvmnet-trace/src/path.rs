@@ -416,7 +416,13 @@ impl<'a> Tracer<'a> {
                 None => (*a, Start::External),
             },
         };
-        let mut pkt = Packet::new(src, dst, spec.proto, spec.dport);
+        // "icmp" means ICMPv6 between IPv6 addresses (protocol 58), and the other way round
+        let proto = match (spec.proto, dst.is_ipv6()) {
+            (ICMP, true) => ICMPV6,
+            (ICMPV6, false) => ICMP,
+            (p, _) => p,
+        };
+        let mut pkt = Packet::new(src, dst, proto, spec.dport);
         if let Some(sp) = spec.sport {
             pkt.sport = sp;
         }
@@ -1329,7 +1335,10 @@ impl<'a> Walk<'_, 'a> {
         // arp_ignore (net/ipv4/arp.c): 0 and 4-7 answer for any local address, 1 only for an
         // address on the incoming interface, 2 also needs the sender in that address's subnet,
         // 3 not for scope-host addresses, 8 never
+        // (IPv6 neighbour discovery answers only for addresses on the receiving interface,
+        // whatever arp_ignore says)
         let host_answers = match arp_ignore {
+            _ if pkt.is_v6() => host_on_br,
             8 => false,
             1 => host_on_br,
             2 => s
@@ -1346,7 +1355,11 @@ impl<'a> Walk<'_, 'a> {
         // ARP request (the kernel records the sender of a request for one of its addresses)
         let learned = self.reply && nh == pkt.dst && host_on_br;
         let host_answers = host_answers || learned;
-        if (host_on_br || host_any) && !host_answers && !s.sysctls.effective_proxy_arp(br) {
+        if !pkt.is_v6()
+            && (host_on_br || host_any)
+            && !host_answers
+            && !s.sysctls.effective_proxy_arp(br)
+        {
             return Err(self.drop(
                 &stage,
                 "arp-ignored",

@@ -777,6 +777,7 @@ fn finding_from_trace(
                 .evidence([trail].into_iter().chain(facts.iter().cloned()))
                 .impact("frames for this guest leave through another port: it receives nothing from the host or its peers")
                 .commands([cx.cmd(&format!("bridge fdb del {mac} dev {port} master"))])
+                .steps(mac.parse().ok().map(|mac| PlanStep::DelFdb { mac, ifname: port.clone() }))
                 .affects([vm.name.clone(), owner])
         }
         "macvtap-host" => {
@@ -854,6 +855,7 @@ fn finding_from_trace(
                 .evidence([trail].into_iter().chain(facts.iter().cloned()))
                 .impact("everything the host sends to this guest (replies, forwarded traffic) goes to another MAC")
                 .commands([cx.cmd(&format!("ip neigh del {addr} dev {dev}"))])
+                .steps(addr.parse().ok().map(|address| PlanStep::DelNeighbour { ifname: dev.clone(), address }))
                 .affects([vm.name.clone(), at_vm.clone()])
         }
         "no-route" => Finding::new(

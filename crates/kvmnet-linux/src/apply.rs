@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use kvmnet_model::plan::PlanStep;
-use kvmnet_model::LinkKind;
+use kvmnet_model::{LinkKind, MacAddr};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -474,6 +474,39 @@ impl Kernel {
                     _ => vec![],
                 },
             },
+            PlanStep::DelNeighbour { ifname, address } | PlanStep::SetNeighbour { ifname, address, .. } => {
+                match static_neighbour(ifname, *address)? {
+                    Some((lladdr, noarp)) => vec![PlanStep::SetNeighbour {
+                        ifname: ifname.clone(),
+                        address: *address,
+                        lladdr,
+                        noarp,
+                    }],
+                    None => match step {
+                        PlanStep::SetNeighbour { .. } => vec![PlanStep::DelNeighbour {
+                            ifname: ifname.clone(),
+                            address: *address,
+                        }],
+                        _ => vec![],
+                    },
+                }
+            }
+            PlanStep::DelFdb { mac, ifname } | PlanStep::AddFdb { mac, ifname, .. } => {
+                match fdb_entry(ifname, *mac)? {
+                    Some(sticky) => vec![PlanStep::AddFdb {
+                        mac: *mac,
+                        ifname: ifname.clone(),
+                        sticky,
+                    }],
+                    None => match step {
+                        PlanStep::AddFdb { .. } => vec![PlanStep::DelFdb {
+                            mac: *mac,
+                            ifname: ifname.clone(),
+                        }],
+                        _ => vec![],
+                    },
+                }
+            }
             PlanStep::SetRateLimit { ifname, .. } | PlanStep::DelRateLimit { ifname } => {
                 match self.qdiscs.get(ifname) {
                     Some((kind, Some(rate), Some(burst))) if kind == "tbf" => {
@@ -780,6 +813,55 @@ impl Kernel {
                 );
                 Ok(())
             }
+            PlanStep::DelNeighbour { ifname, address } => {
+                if static_neighbour(ifname, *address)?.is_some()
+                    || neighbour_exists(ifname, *address)?
+                {
+                    tool("ip", &["neigh", "del", &address.to_string(), "dev", ifname])?;
+                }
+                Ok(())
+            }
+            PlanStep::SetNeighbour {
+                ifname,
+                address,
+                lladdr,
+                noarp,
+            } => tool(
+                "ip",
+                &[
+                    "neigh",
+                    "replace",
+                    &address.to_string(),
+                    "lladdr",
+                    &lladdr.to_string(),
+                    "dev",
+                    ifname,
+                    "nud",
+                    if *noarp { "noarp" } else { "permanent" },
+                ],
+            ),
+            PlanStep::DelFdb { mac, ifname } => {
+                if fdb_entry(ifname, *mac)?.is_some() {
+                    tool(
+                        "bridge",
+                        &["fdb", "del", &mac.to_string(), "dev", ifname, "master"],
+                    )?;
+                }
+                Ok(())
+            }
+            PlanStep::AddFdb {
+                mac,
+                ifname,
+                sticky,
+            } => {
+                let mut args = vec!["fdb", "replace"];
+                let m = mac.to_string();
+                args.extend([m.as_str(), "dev", ifname, "master", "static"]);
+                if *sticky {
+                    args.push("sticky");
+                }
+                tool("bridge", &args)
+            }
             PlanStep::DelRateLimit { ifname } => {
                 if self.qdiscs.get(ifname).is_some_and(|(k, ..)| k == "tbf") {
                     tc(&["qdisc", "del", "dev", ifname, "root"])?;
@@ -860,6 +942,17 @@ impl Kernel {
                 .get(name)
                 .is_some_and(|r| r.kind == LinkKind::Bridge),
             PlanStep::DeleteLink { name } => !self.links.contains_key(name),
+            PlanStep::DelNeighbour { ifname, address } => {
+                static_neighbour(ifname, *address)?.is_none()
+            }
+            PlanStep::SetNeighbour {
+                ifname,
+                address,
+                lladdr,
+                ..
+            } => static_neighbour(ifname, *address)?.is_some_and(|(l, _)| l == *lladdr),
+            PlanStep::DelFdb { mac, ifname } => fdb_entry(ifname, *mac)?.is_none(),
+            PlanStep::AddFdb { mac, ifname, .. } => fdb_entry(ifname, *mac)?.is_some(),
             PlanStep::StartDhcp { network, .. } => self.dhcp_running(network).is_some(),
             PlanStep::StopDhcp { network } => self.dhcp_running(network).is_none(),
             // acknowledged by the kernel (netlink ACK, nft/tc exit status); the whole result
@@ -1034,6 +1127,89 @@ fn nft(script: &str) -> Result<(), String> {
 }
 
 /// Runs `tc ARGS` in the calling thread's namespace.
+/// Runs `ip`/`bridge` in the calling thread's namespace.
+fn tool(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// JSON from `ip -j ...` / `bridge -j ...`.
+fn tool_json(cmd: &str, args: &[&str]) -> Result<Vec<serde_json::Value>, String> {
+    let out = std::process::Command::new(cmd)
+        .arg("-j")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Ok(vec![]);
+    }
+    serde_json::from_str(&text).map_err(|e| format!("{cmd} {}: {e}", args.join(" ")))
+}
+
+/// The static (permanent/noarp) neighbour entry for `address` on `ifname`: (lladdr, noarp).
+fn static_neighbour(ifname: &str, address: IpAddr) -> Result<Option<(MacAddr, bool)>, String> {
+    let a = address.to_string();
+    for n in tool_json("ip", &["neigh", "show", &a, "dev", ifname])? {
+        let states: Vec<&str> = n["state"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        let (perm, noarp) = (states.contains(&"PERMANENT"), states.contains(&"NOARP"));
+        if let (true, Some(l)) = (
+            perm || noarp,
+            n["lladdr"].as_str().and_then(|l| l.parse::<MacAddr>().ok()),
+        ) {
+            return Ok(Some((l, noarp && !perm)));
+        }
+    }
+    Ok(None)
+}
+
+fn neighbour_exists(ifname: &str, address: IpAddr) -> Result<bool, String> {
+    Ok(!tool_json(
+        "ip",
+        &["neigh", "show", &address.to_string(), "dev", ifname],
+    )?
+    .is_empty())
+}
+
+/// The bridge FDB entry for `mac` on port `ifname` (not the port's own table): sticky?
+fn fdb_entry(ifname: &str, mac: MacAddr) -> Result<Option<bool>, String> {
+    let m = mac.to_string();
+    for f in tool_json("bridge", &["fdb", "show", "dev", ifname])? {
+        let flags: Vec<&str> = f["flags"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        if f["mac"].as_str() == Some(m.as_str())
+            && !flags.contains(&"self")
+            && f["master"].is_string()
+        {
+            return Ok(Some(flags.contains(&"sticky")));
+        }
+    }
+    Ok(None)
+}
+
 fn tc(args: &[&str]) -> Result<(), String> {
     let out = std::process::Command::new("tc")
         .args(args)

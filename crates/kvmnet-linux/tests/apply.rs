@@ -112,3 +112,96 @@ fn applied_steps_read_back() {
     assert_eq!(s.sysctls.interfaces["br0"].rp_filter, Some(2));
     assert!(lab.guest_pings(0, "203.0.113.1"));
 }
+
+/// Neighbour and FDB steps are undone exactly: a static ARP entry and a sticky FDB entry
+/// removed by steps before a refused one come back as they were.
+#[test]
+fn neighbour_and_fdb_steps_roll_back() {
+    if !require_root("neighbour_and_fdb_steps_roll_back") {
+        return;
+    }
+    let lab = Lab::nat(2).unwrap();
+    let (g1, g2) = (&lab.guests[0], &lab.guests[1]);
+    lab.hv
+        .ip(&[
+            "neigh",
+            "replace",
+            &g1.ip,
+            "lladdr",
+            "02:00:00:00:00:99",
+            "dev",
+            "br0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    lab.hv
+        .exec(&[
+            "bridge",
+            "fdb",
+            "replace",
+            &g1.mac,
+            "dev",
+            &g2.host_dev,
+            "master",
+            "static",
+            "sticky",
+        ])
+        .unwrap();
+    let opts = CollectOptions::full(Some(lab.hv.name().to_string()));
+    let view = |s: &HostState| {
+        let n: Vec<String> = s
+            .neighbours
+            .iter()
+            .filter(|n| n.address.to_string() == g1.ip)
+            .map(|n| format!("{} {:?} {:?}", n.ifname, n.lladdr, n.state))
+            .collect();
+        let f: Vec<String> = s
+            .fdb
+            .iter()
+            .filter(|f| f.mac.to_string() == g1.mac && !f.is_self)
+            .map(|f| format!("{} {} sticky={}", f.ifname, f.state, f.sticky))
+            .collect();
+        (n, f)
+    };
+    let before = view(&collect(&opts).unwrap().state);
+    assert!(
+        before.1.iter().any(|f| f.contains("sticky=true")),
+        "{before:?}"
+    );
+    let steps = vec![
+        PlanStep::DelNeighbour {
+            ifname: "br0".into(),
+            address: g1.ip.parse().unwrap(),
+        },
+        PlanStep::DelFdb {
+            mac: g1.mac.parse().unwrap(),
+            ifname: g2.host_dev.clone(),
+        },
+        PlanStep::SetMaster {
+            ifname: g2.host_dev.clone(),
+            master: "nosuchbr".into(),
+        },
+    ];
+    match apply_plan(Some(lab.hv.name()), &steps).unwrap_err() {
+        ApplyError::RolledBack {
+            index, rolled_back, ..
+        } => {
+            assert_eq!((index, rolled_back), (3, 2));
+        }
+        other => panic!("expected a rollback, got {other}"),
+    }
+    assert_eq!(
+        view(&collect(&opts).unwrap().state),
+        before,
+        "restored as before"
+    );
+    // and applied without the refused step: both entries are gone
+    apply_plan(Some(lab.hv.name()), &steps[..2]).unwrap();
+    let after = view(&collect(&opts).unwrap().state);
+    assert!(
+        after.0.iter().all(|n| !n.contains("Permanent"))
+            && after.1.iter().all(|f| !f.contains("sticky=true")),
+        "{after:?}"
+    );
+}

@@ -58,6 +58,28 @@ pub enum PlanStep {
     },
     /// Remove the root qdisc kvmnet put on a tap (back to the kernel's default).
     DelRateLimit { ifname: String },
+    /// Remove a neighbour (ARP/NDP) entry; the kernel resolves the address again.
+    DelNeighbour {
+        ifname: String,
+        address: std::net::IpAddr,
+    },
+    /// Set a static neighbour entry (`nud permanent`, or `noarp`).
+    SetNeighbour {
+        ifname: String,
+        address: std::net::IpAddr,
+        lladdr: crate::MacAddr,
+        #[serde(default)]
+        noarp: bool,
+    },
+    /// Remove a bridge forwarding-database entry; the bridge learns the MAC again.
+    DelFdb { mac: crate::MacAddr, ifname: String },
+    /// Add a static bridge forwarding-database entry on a port.
+    AddFdb {
+        mac: crate::MacAddr,
+        ifname: String,
+        #[serde(default)]
+        sticky: bool,
+    },
     /// (Re)start the dnsmasq serving DHCP/DNS for a network, with this configuration.
     StartDhcp {
         network: String,
@@ -184,6 +206,29 @@ impl PlanStep {
                 human_size(*burst_bytes)
             ),
             PlanStep::DelRateLimit { ifname } => format!("remove rate limit on {ifname}"),
+            PlanStep::DelNeighbour { ifname, address } => {
+                format!("remove neighbour entry {address} on {ifname}")
+            }
+            PlanStep::SetNeighbour {
+                ifname,
+                address,
+                lladdr,
+                noarp,
+            } => format!(
+                "neighbour {address} lladdr {lladdr} on {ifname} ({})",
+                if *noarp { "noarp" } else { "permanent" }
+            ),
+            PlanStep::DelFdb { mac, ifname } => {
+                format!("remove bridge fdb entry {mac} on {ifname}")
+            }
+            PlanStep::AddFdb {
+                mac,
+                ifname,
+                sticky,
+            } => format!(
+                "bridge fdb {mac} on {ifname} static{}",
+                if *sticky { " sticky" } else { "" }
+            ),
             PlanStep::StartDhcp {
                 network, bridge, ..
             } => format!("start DHCP/DNS (dnsmasq) for network {network} on {bridge}"),

@@ -155,6 +155,10 @@ pub struct Tracer<'a> {
     vms: FnvMap<&'a str, usize>,
     /// Rule texts, rendered once on first use: (family, table, chain, handle) -> text.
     texts: std::sync::Mutex<FnvMap<RuleRef, std::sync::Arc<str>>>,
+    /// Static (permanent/noarp) neighbour entries with a MAC, by address.
+    static_neigh: FnvMap<IpAddr, Vec<&'a kvmnet_model::Neighbour>>,
+    /// Bridge FDB entries that learning may not move (sticky or not dynamic), by MAC.
+    pinned_fdb: FnvMap<kvmnet_model::MacAddr, Vec<&'a kvmnet_model::FdbEntry>>,
 }
 
 fn arptype(l: &Link) -> u16 {
@@ -224,6 +228,32 @@ impl<'a> Tracer<'a> {
                 .map(|(i, v)| (v.name.as_str(), i))
                 .collect(),
             texts: std::sync::Mutex::new(FnvMap::default()),
+            static_neigh: {
+                let mut m: FnvMap<IpAddr, Vec<&kvmnet_model::Neighbour>> = FnvMap::default();
+                for n in state.neighbours.iter().filter(|n| {
+                    n.lladdr.is_some()
+                        && matches!(
+                            n.state,
+                            kvmnet_model::ip::NeighState::Permanent
+                                | kvmnet_model::ip::NeighState::Noarp
+                        )
+                }) {
+                    m.entry(n.address).or_default().push(n);
+                }
+                m
+            },
+            pinned_fdb: {
+                let mut m: FnvMap<kvmnet_model::MacAddr, Vec<&kvmnet_model::FdbEntry>> =
+                    FnvMap::default();
+                for f in state
+                    .fdb
+                    .iter()
+                    .filter(|f| !f.is_self && (f.sticky || f.state != "dynamic"))
+                {
+                    m.entry(f.mac).or_default().push(f);
+                }
+                m
+            },
         }
     }
 
@@ -963,15 +993,15 @@ impl<'a> Walk<'_, 'a> {
         let Some(mac) = vm.vnics[o.vnic].mac else {
             return Ok(());
         };
-        let wrong = s.neighbours.iter().find(|n| {
-            n.ifname == dev
-                && n.address == nh
-                && matches!(
-                    n.state,
-                    kvmnet_model::ip::NeighState::Permanent | kvmnet_model::ip::NeighState::Noarp
-                )
-                && n.lladdr.is_some_and(|l| l != mac)
-        });
+        let wrong = self
+            .t
+            .static_neigh
+            .get(&nh)
+            .and_then(|v| {
+                v.iter()
+                    .find(|n| n.ifname == dev && n.lladdr.is_some_and(|l| l != mac))
+            })
+            .copied();
         if let Some(n) = wrong {
             let l = n.lladdr.map(|m| m.to_string()).unwrap_or_default();
             return Err(self.drop(
@@ -1635,13 +1665,18 @@ impl<'a> Walk<'_, 'a> {
             .link(port)
             .and_then(|l| l.bridge_port.as_ref())
             .is_none_or(|p| p.learning);
-        let pinned = s.fdb.iter().find(|f| {
-            f.mac == mac
-                && !f.is_self
-                && f.ifname != port
-                && self.t.link(&f.ifname).and_then(|l| l.master.as_deref()) == Some(br)
-                && (f.sticky || (!learns && f.state != "dynamic"))
-        });
+        let pinned = self
+            .t
+            .pinned_fdb
+            .get(&mac)
+            .and_then(|v| {
+                v.iter().find(|f| {
+                    f.ifname != port
+                        && self.t.link(&f.ifname).and_then(|l| l.master.as_deref()) == Some(br)
+                        && (f.sticky || !learns)
+                })
+            })
+            .copied();
         if let Some(f) = pinned {
             let what = format!(
                 "{mac} dev {} {}{}",

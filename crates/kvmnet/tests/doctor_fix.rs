@@ -21,6 +21,34 @@ fn break_lab(lab: &Lab) {
         .unwrap();
     lab.hv.nft("delete table ip kvmlab\n").unwrap();
     lab.hv.sysctl("net.ipv4.conf.br0.arp_ignore", "8").unwrap();
+    // guest 1: a static ARP entry with a wrong MAC, and its MAC pinned to guest 2's port
+    let g = &lab.guests[0];
+    lab.hv
+        .ip(&[
+            "neigh",
+            "replace",
+            &g.ip,
+            "lladdr",
+            "02:00:00:00:00:99",
+            "dev",
+            "br0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    lab.hv
+        .exec(&[
+            "bridge",
+            "fdb",
+            "replace",
+            &g.mac,
+            "dev",
+            &lab.guests[1].host_dev,
+            "master",
+            "static",
+            "sticky",
+        ])
+        .unwrap();
 }
 
 #[test]
@@ -59,6 +87,8 @@ fn fix_repairs_a_broken_lab() {
     for want in [
         "net.ipv4.ip_forward = 1",
         "net.ipv4.conf.br0.arp_ignore = 0",
+        "remove neighbour entry",
+        "remove bridge fdb entry",
         "up",
         "master br0",
         "masquerade 10.0.0.0/24 out of uplink",

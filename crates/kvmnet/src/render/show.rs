@@ -419,7 +419,11 @@ fn fdb_section(s: &HostState, o: &ShowOptions, out: &mut String) {
             f.ifname.clone(),
             f.master.clone().unwrap_or_else(|| "-".into()),
             f.vlan.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-            f.state.clone(),
+            if f.sticky {
+                format!("{} sticky", f.state)
+            } else {
+                f.state.clone()
+            },
         ]);
     }
     let _ = writeln!(out, "{}\n", table_text(&t));

@@ -348,8 +348,24 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                                 r.dev.as_deref() == Some(p) && r.first_gateway() == Some(gw)
                             })
                         });
+                        // a bridge with a port that leads off the host (a NIC, bond, VLAN...):
+                        // the gateway may well be out there, unless the host failed to find it
+                        let on_lan = bridge.as_deref().is_some_and(|b| {
+                            s.ports_of(b).any(|p| {
+                                !s.vms.iter().any(|v| {
+                                    v.vnics
+                                        .iter()
+                                        .any(|x| x.host_dev.as_deref() == Some(p.name.as_str()))
+                                })
+                            }) && !s.neighbours.iter().any(|nb| {
+                                nb.ifname == b
+                                    && nb.address == gw
+                                    && nb.state == kvmnet_model::ip::NeighState::Failed
+                            })
+                        });
                         let someone = host_owns
                             || on_wire
+                            || on_lan
                             || s.vms.iter().any(|o| {
                                 o.name != vm.name
                                     && o.vnics.iter().any(|on| {

@@ -1023,3 +1023,50 @@ fn ipv6_forwarding_off_for_a_dual_stack_guest() {
         "{f:#?}"
     );
 }
+
+/// A bridge with a NIC in it (classic bridged networking): a guest whose gateway is a router
+/// on the LAN beyond that NIC is fine as far as the host can tell; it is an error only when
+/// the host itself failed to resolve that router.
+#[test]
+fn gateway_on_the_lan_beyond_the_bridge_nic() {
+    use kvmnet_model::ip::{NeighState, Neighbour};
+    use kvmnet_trace::{Endpoint, Verdict};
+    let mut s = healthy();
+    let idx = s.links.iter().map(|l| l.index).max().unwrap_or(1) + 1;
+    let mut nic = Link::new(idx, "eno1", LinkKind::Physical);
+    nic.master = Some("br0".into());
+    nic.bridge_port = Some(Default::default());
+    s.links.push(nic);
+    let vm = s.vms.iter_mut().find(|v| v.name == "db1").unwrap();
+    for r in vm
+        .guest
+        .as_mut()
+        .unwrap()
+        .routes
+        .as_mut()
+        .unwrap()
+        .iter_mut()
+        .filter(|r| r.is_default())
+    {
+        r.gateway = Some("10.0.0.254".parse().unwrap());
+    }
+    let r = run(&s);
+    assert_eq!(r.root_errors(), 0, "{:#?}", r.findings);
+    let t = icmp_trace(&s, "db1", Endpoint::Addr("10.0.0.254".parse().unwrap()));
+    assert!(matches!(t.verdict, Verdict::Delivered { .. }), "{t:#?}");
+    assert!(
+        t.hops
+            .iter()
+            .any(|h| h.decision.contains("out through LAN port eno1")),
+        "{t:#?}"
+    );
+    // the host's own ARP for it failed: nothing answers there
+    s.neighbours.push(Neighbour {
+        ifname: "br0".into(),
+        address: "10.0.0.254".parse().unwrap(),
+        lladdr: None,
+        state: NeighState::Failed,
+        router: false,
+    });
+    only_error(&run(&s), "guest-wrong-gateway", "db1");
+}

@@ -438,7 +438,8 @@ pub fn attach_agent_views(state: &mut HostState) {
 }
 
 /// Veths whose peer lives in another namespace are vNICs of a guest named after it, unless the
-/// veth carries a default route (then the other side is the host's upstream, not a guest).
+/// veth carries a default route, or that namespace is at the other end of one (then it is the
+/// host's upstream, not a guest).
 fn namespace_guests(state: &mut HostState, read_guests: bool) {
     let uplinks: Vec<String> = state
         .routes
@@ -451,10 +452,19 @@ fn namespace_guests(state: &mut HostState, read_guests: bool) {
                 .collect::<Vec<_>>()
         })
         .collect();
+    // the namespace at the other end of an uplink is the host's upstream (a router), also
+    // where it has a leg in one of the host's bridges
+    let upstream: Vec<Option<i32>> = state
+        .links
+        .iter()
+        .filter(|l| uplinks.contains(&l.name))
+        .filter_map(|l| l.veth_peer.as_ref().map(|p| p.netnsid))
+        .filter(|id| id.is_some())
+        .collect();
     let mut guests: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
     for l in &state.links {
         let Some(p) = &l.veth_peer else { continue };
-        if p.netnsid.is_none() || uplinks.contains(&l.name) {
+        if p.netnsid.is_none() || uplinks.contains(&l.name) || upstream.contains(&p.netnsid) {
             continue;
         }
         // a member of an Open vSwitch bond is a link to a switch, not a guest's NIC

@@ -529,6 +529,12 @@ enum Landed {
     External {
         dev: String,
     },
+    /// Left bridge `bridge` at layer 2 through its LAN port `port` (the segment goes on
+    /// beyond the host).
+    LanPort {
+        bridge: String,
+        port: String,
+    },
     /// Left a macvtap/macvlan guest's lower device `parent` onto the wire, at layer 2.
     Wire {
         parent: String,
@@ -746,6 +752,22 @@ impl<'t, 'a> Walk<'t, 'a> {
                         format!("bridge {bridge} is gone"),
                         vec![],
                     )),
+                }
+            }
+            Landed::LanPort { bridge, port } => {
+                landed_desc = format!("{} via {bridge} port {port} (on the LAN)", pkt.dst);
+                self.hop(
+                    "LAN",
+                    format!("{} answers {}", pkt.dst, rp.dst),
+                    vec![format!("the reply comes back in through {port}")],
+                );
+                let (bridge, port) = (bridge.clone(), port.clone());
+                match self.t.link(&port) {
+                    Some(pl) => {
+                        let nh = rp.dst;
+                        self.bridge_in(&bridge, &port, nh, rp, pl)
+                    }
+                    None => Err(self.drop("LAN", "link-down", format!("{port} is gone"), vec![])),
                 }
             }
             Landed::Wire { parent, vm, vnic } => {
@@ -1458,6 +1480,66 @@ impl<'a> Walk<'_, 'a> {
             );
             return self.host_in(br.to_string(), pkt);
         }
+        // the segment goes on beyond the host through a LAN port (a NIC, bond, VLAN, a veth
+        // to elsewhere, a tap of a VM kvmnet does not know): what answers there is out of
+        // sight, unless the host itself already failed to resolve it
+        if !host_any {
+            if let Some(lan) = self.lan_port(br, port) {
+                let failed = s.neighbours.iter().any(|n| {
+                    n.ifname == br
+                        && n.address == nh
+                        && n.state == kvmnet_model::ip::NeighState::Failed
+                });
+                if failed {
+                    return Err(self.drop(
+                        &stage,
+                        "arp-failed",
+                        format!(
+                            "nothing on {br} answers ARP for {nh}: the host's own attempt failed"
+                        ),
+                        vec![format!("{nh} dev {br} FAILED (host neighbour table)")],
+                    ));
+                }
+                // a reply that leaves on the LAN bypasses the host's conntrack: the NAT of the
+                // original direction is never undone
+                // (with br_netfilter, conntrack sees the bridged reply and undoes the NAT there)
+                let brl_ = self.t.link(br).and_then(|b| b.bridge.as_ref());
+                let br_nf = if pkt.is_v6() {
+                    s.sysctls.bridge_nf_call_ip6tables.unwrap_or(false)
+                        || brl_.is_some_and(|b| b.nf_call_ip6tables)
+                } else {
+                    s.sysctls.bridge_nf_call_iptables.unwrap_or(false)
+                        || brl_.is_some_and(|b| b.nf_call_iptables)
+                };
+                if self.reply
+                    && !br_nf
+                    && self
+                        .prev
+                        .as_ref()
+                        .is_some_and(|o| o.dnat.is_some() || o.snat.is_some())
+                {
+                    return Err(self.drop(
+                        &stage,
+                        "asymmetric-nat",
+                        format!("the reply leaves through LAN port {lan} towards {nh}, bypassing the host that translated the request: the client gets it from the wrong address"),
+                        vec![format!("the guest's route to {} goes via {nh}, not via the host", pkt.dst)],
+                    ));
+                }
+                self.hop(
+                    &stage,
+                    format!("{nh} is not on this host: out through LAN port {lan}"),
+                    vec![format!("{lan}: a port of {br} that leads off the host; kvmnet cannot see beyond it")],
+                );
+                return Ok((
+                    Landed::LanPort {
+                        bridge: br.to_string(),
+                        port: lan,
+                    },
+                    pkt,
+                    PathNotes::default(),
+                ));
+            }
+        }
         let mut facts = vec![];
         if host_any {
             facts.push(format!("{nh} is a host address on another interface and arp_ignore on {br} is {arp_ignore}"));
@@ -1649,6 +1731,34 @@ impl<'a> Walk<'_, 'a> {
                 vec![],
             )),
         }
+    }
+
+    /// A port of `br` (other than `from`) that leads off the host: not a known guest's vNIC,
+    /// up and forwarding. Physical NICs first.
+    fn lan_port(&self, br: &str, from: &str) -> Option<String> {
+        let s = self.t.state;
+        let mut ports: Vec<&Link> = s
+            .ports_of(br)
+            .filter(|p| p.name != from && p.admin_up && p.is_usable())
+            .filter(|p| {
+                p.bridge_port
+                    .as_ref()
+                    .is_none_or(|bp| bp.state == PortState::Forwarding)
+            })
+            .filter(|p| {
+                !s.vms.iter().any(|v| {
+                    v.vnics
+                        .iter()
+                        .any(|n| n.host_dev.as_deref() == Some(p.name.as_str()))
+                })
+            })
+            .collect();
+        ports.sort_by_key(|p| match p.kind {
+            LinkKind::Physical | LinkKind::Bond => 0,
+            LinkKind::Vlan | LinkKind::Vxlan => 1,
+            _ => 2,
+        });
+        ports.first().map(|p| p.name.clone())
     }
 
     /// The bridge's forwarding database for a guest's MAC: an entry that pins the MAC to

@@ -153,6 +153,59 @@ fn faults() -> Vec<(&'static str, Inject)> {
                 g.ns.ip(&["neigh", "flush", "all"]).unwrap();
             }
         }),
+        ("g1's gateway: a LAN router beyond a bridge port", |l| {
+            l.hv.ip(&[
+                "link",
+                "add",
+                "lan0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "lanp",
+                "netns",
+                l.up.name(),
+            ])
+            .unwrap();
+            l.hv.ip(&["link", "set", "lan0", "master", "br0"]).unwrap();
+            l.hv.ip(&["link", "set", "lan0", "up"]).unwrap();
+            l.up.ip(&["addr", "add", "10.0.0.254/24", "dev", "lanp"])
+                .unwrap();
+            l.up.ip(&["link", "set", "lanp", "up"]).unwrap();
+            l.guests[0]
+                .ns
+                .ip(&["route", "replace", "default", "via", "10.0.0.254"])
+                .unwrap();
+        }),
+        (
+            "the same LAN router, br_netfilter off (asymmetric NAT)",
+            |l| {
+                l.hv.ip(&[
+                    "link",
+                    "add",
+                    "lan0",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "lanp",
+                    "netns",
+                    l.up.name(),
+                ])
+                .unwrap();
+                l.hv.ip(&["link", "set", "lan0", "master", "br0"]).unwrap();
+                l.hv.ip(&["link", "set", "lan0", "up"]).unwrap();
+                l.up.ip(&["addr", "add", "10.0.0.254/24", "dev", "lanp"])
+                    .unwrap();
+                l.up.ip(&["link", "set", "lanp", "up"]).unwrap();
+                l.guests[0]
+                    .ns
+                    .ip(&["route", "replace", "default", "via", "10.0.0.254"])
+                    .unwrap();
+                l.hv.sysctl("net.bridge.bridge-nf-call-iptables", "0")
+                    .unwrap();
+            },
+        ),
         ("a more specific route steals the guests' addresses", |l| {
             l.hv.ip(&["route", "add", "10.0.0.0/25", "dev", "uplink"])
                 .unwrap();

@@ -129,6 +129,33 @@ fn flows() -> Vec<Flow> {
 
 type Inject = fn(&Lab);
 
+/// A router on the guests' LAN beyond a port of br0 (the upstream namespace's second leg, at
+/// 10.0.0.254), and g1 using it as its gateway.
+fn lan_router(l: &Lab) {
+    l.hv.ip(&[
+        "link",
+        "add",
+        "lan0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "lanp",
+        "netns",
+        l.up.name(),
+    ])
+    .unwrap();
+    l.hv.ip(&["link", "set", "lan0", "master", "br0"]).unwrap();
+    l.hv.ip(&["link", "set", "lan0", "up"]).unwrap();
+    l.up.ip(&["addr", "add", "10.0.0.254/24", "dev", "lanp"])
+        .unwrap();
+    l.up.ip(&["link", "set", "lanp", "up"]).unwrap();
+    l.guests[0]
+        .ns
+        .ip(&["route", "replace", "default", "via", "10.0.0.254"])
+        .unwrap();
+}
+
 fn faults() -> Vec<(&'static str, Inject)> {
     vec![
         ("healthy", |_| {}),
@@ -153,55 +180,14 @@ fn faults() -> Vec<(&'static str, Inject)> {
                 g.ns.ip(&["neigh", "flush", "all"]).unwrap();
             }
         }),
-        ("g1's gateway: a LAN router beyond a bridge port", |l| {
-            l.hv.ip(&[
-                "link",
-                "add",
-                "lan0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "lanp",
-                "netns",
-                l.up.name(),
-            ])
-            .unwrap();
-            l.hv.ip(&["link", "set", "lan0", "master", "br0"]).unwrap();
-            l.hv.ip(&["link", "set", "lan0", "up"]).unwrap();
-            l.up.ip(&["addr", "add", "10.0.0.254/24", "dev", "lanp"])
-                .unwrap();
-            l.up.ip(&["link", "set", "lanp", "up"]).unwrap();
-            l.guests[0]
-                .ns
-                .ip(&["route", "replace", "default", "via", "10.0.0.254"])
-                .unwrap();
-        }),
+        (
+            "g1's gateway: a LAN router beyond a bridge port",
+            lan_router,
+        ),
         (
             "the same LAN router, br_netfilter off (asymmetric NAT)",
             |l| {
-                l.hv.ip(&[
-                    "link",
-                    "add",
-                    "lan0",
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "lanp",
-                    "netns",
-                    l.up.name(),
-                ])
-                .unwrap();
-                l.hv.ip(&["link", "set", "lan0", "master", "br0"]).unwrap();
-                l.hv.ip(&["link", "set", "lan0", "up"]).unwrap();
-                l.up.ip(&["addr", "add", "10.0.0.254/24", "dev", "lanp"])
-                    .unwrap();
-                l.up.ip(&["link", "set", "lanp", "up"]).unwrap();
-                l.guests[0]
-                    .ns
-                    .ip(&["route", "replace", "default", "via", "10.0.0.254"])
-                    .unwrap();
+                lan_router(l);
                 l.hv.sysctl("net.bridge.bridge-nf-call-iptables", "0")
                     .unwrap();
             },

@@ -187,6 +187,11 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
+        // kvmnet's runtime files for this namespace (journals of applies and fixes made in it)
+        let run = std::env::var_os("KVMNET_RUN_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from("/run/kvmnet"));
+        let _ = std::fs::remove_dir_all(run.join(format!("ns-{}", self.name)));
         // Processes still inside would keep the namespace alive; tests stop theirs by PID first.
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])

@@ -130,6 +130,19 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>) -> Vec<Pending> {
         if let Some(peer) = peer_of(cx, vm) {
             tests.push((format!("peer {peer}"), flow(&vm.name, peer, 1, 0)));
         }
+        // a guest with an IPv6 default route through a global address: that gateway too
+        // (link-local gateways learnt from router advertisements are out of scope)
+        if let Some(g6) = vm
+            .guest
+            .as_ref()
+            .and_then(|g| g.routes.as_ref())
+            .and_then(|rs| rs.iter().find(|r| r.is_default() && r.dst.addr().is_ipv6()))
+            .and_then(|r| r.first_gateway())
+            .filter(|g| matches!(g, IpAddr::V6(v) if (v.segments()[0] & 0xffc0) != 0xfe80))
+            .filter(|g| Some(*g) != cx.target)
+        {
+            tests.push((format!("gateway {g6}"), flow(&vm.name, g6, 1, 0)));
+        }
         // the guest's resolvers (a loopback resolver lives inside the guest: not a path)
         if let Some(ns) = vm.guest.as_ref().and_then(|g| g.nameservers.as_ref()) {
             for n in ns
@@ -619,7 +632,10 @@ fn finding_from_trace(
                 .affects([vm.name.clone()])
         }
         "arp-failed" => {
-            let nh_is_gw = gw.is_some_and(|g| reason.contains(&g.to_string()));
+            let nh_is_gw = gw.is_some_and(|g| reason.contains(&g.to_string()))
+                || what
+                    .strip_prefix("gateway ")
+                    .is_some_and(|g| reason.contains(g));
             if nh_is_gw && what.starts_with("gateway") {
                 Finding::new(
                     "guest-wrong-gateway",

@@ -1022,6 +1022,20 @@ fn ipv6_forwarding_off_for_a_dual_stack_guest() {
         f.affects.contains(&"db1".to_string()) && !f.affects.contains(&"web1".to_string()),
         "{f:#?}"
     );
+    // with an IPv4 target, db1's IPv6 gateway is still checked: gone from br0, it is the fault
+    s.sysctls.ipv6_forwarding = Some(true);
+    assert_eq!(run(&s).root_errors(), 0, "{:#?}", run(&s).findings);
+    s.addresses
+        .retain(|a| a.address.to_string() != "2001:db8:1::1");
+    let r = run(&s);
+    only_error(&r, "guest-wrong-gateway", "db1");
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.summary.contains("2001:db8:1::1")),
+        "{:#?}",
+        r.findings
+    );
 }
 
 /// A bridge with a NIC in it (classic bridged networking): a guest whose gateway is a router

@@ -1547,7 +1547,14 @@ impl<'a> Walk<'_, 'a> {
         Err(self.drop(
             &stage,
             "arp-failed",
-            format!("nothing on {br} answers ARP for {nh}"),
+            format!(
+                "nothing on {br} answers {} for {nh}",
+                if nh.is_ipv6() {
+                    "neighbour solicitations"
+                } else {
+                    "ARP"
+                }
+            ),
             facts,
         ))
     }

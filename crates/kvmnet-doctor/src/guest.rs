@@ -350,22 +350,14 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                         });
                         // a bridge with a port that leads off the host (a NIC, bond, VLAN...):
                         // the gateway may well be out there, unless the host failed to find it
-                        let on_lan = bridge.as_deref().is_some_and(|b| {
-                            s.ports_of(b).any(|p| {
-                                !s.vms.iter().any(|v| {
-                                    v.vnics
-                                        .iter()
-                                        .any(|x| x.host_dev.as_deref() == Some(p.name.as_str()))
-                                })
-                            }) && !s.neighbours.iter().any(|nb| {
-                                nb.ifname == b
-                                    && nb.address == gw
-                                    && nb.state == kvmnet_model::ip::NeighState::Failed
+                        let on_lan = || {
+                            bridge.as_deref().is_some_and(|b| {
+                                cx.tracer.lan_port(b, "").is_some()
+                                    && !cx.tracer.host_failed_to_resolve(b, gw)
                             })
-                        });
+                        };
                         let someone = host_owns
                             || on_wire
-                            || on_lan
                             || s.vms.iter().any(|o| {
                                 o.name != vm.name
                                     && o.vnics.iter().any(|on| {
@@ -374,7 +366,8 @@ pub(crate) fn check(cx: &Ctx, out: &mut Vec<Finding>, skipped: &mut Vec<String>)
                                                 .iter()
                                                 .any(|a| a.addr() == gw)
                                     })
-                            });
+                            })
+                            || on_lan();
                         if !on_link || !someone {
                             out.push(
                                 Finding::new("guest-wrong-gateway", Severity::Error, Layer::Guest, format!("{}: the guest's gateway {gw} does not exist on its segment", vm.name))

@@ -297,6 +297,13 @@ fn finding_from_trace(
         Verdict::Delivered { .. } => return None,
     };
     let trail = format!("trace {} -> {what}: dropped at {at}: {reason}", vm.name);
+    // the common shape: the VM's own finding, the drop as its summary, the trace as evidence
+    let on_vm = |code: &str, severity: Severity, layer: Layer| {
+        Finding::new(code, severity, layer, format!("{}: {reason}", vm.name))
+            .subject([vm.name.clone()])
+            .evidence([trail.clone()])
+            .affects([vm.name.clone()])
+    };
     let stage_dev = |prefix: &str| -> Option<String> {
         let a = at.trim_start_matches("reply: ");
         a.strip_prefix(prefix)
@@ -637,45 +644,13 @@ fn finding_from_trace(
                     .strip_prefix("gateway ")
                     .is_some_and(|g| reason.contains(g));
             if nh_is_gw && what.starts_with("gateway") {
-                Finding::new(
-                    "guest-wrong-gateway",
-                    Severity::Error,
-                    Layer::Guest,
-                    format!("{}: {reason}", vm.name),
-                )
-                .subject([vm.name.clone()])
-                .evidence([trail])
-                .affects([vm.name.clone()])
+                on_vm("guest-wrong-gateway", Severity::Error, Layer::Guest)
             } else {
-                Finding::new(
-                    "gateway-unreachable",
-                    Severity::Error,
-                    Layer::Guest,
-                    format!("{}: {reason}", vm.name),
-                )
-                .subject([vm.name.clone()])
-                .evidence([trail])
-                .affects([vm.name.clone()])
+                on_vm("gateway-unreachable", Severity::Error, Layer::Guest)
             }
         }
-        "guest-no-route" => Finding::new(
-            "guest-no-default-route",
-            Severity::Error,
-            Layer::Guest,
-            format!("{}: {reason}", vm.name),
-        )
-        .subject([vm.name.clone()])
-        .evidence([trail])
-        .affects([vm.name.clone()]),
-        "guest-no-address" => Finding::new(
-            "guest-no-address",
-            Severity::Error,
-            Layer::Guest,
-            format!("{}: {reason}", vm.name),
-        )
-        .subject([vm.name.clone()])
-        .evidence([trail])
-        .affects([vm.name.clone()]),
+        "guest-no-route" => on_vm("guest-no-default-route", Severity::Error, Layer::Guest),
+        "guest-no-address" => on_vm("guest-no-address", Severity::Error, Layer::Guest),
         "guest-link-down" => Finding::new(
             "guest-link-down",
             Severity::Error,
@@ -685,15 +660,7 @@ fn finding_from_trace(
         .subject([at_vm.clone()])
         .evidence([trail])
         .affects([vm.name.clone(), at_vm.clone()]),
-        "vnic-link-down" => Finding::new(
-            "vnic-link-down",
-            Severity::Error,
-            Layer::Virtual,
-            format!("{}: {reason}", vm.name),
-        )
-        .subject([vm.name.clone()])
-        .evidence([trail])
-        .affects([vm.name.clone()]),
+        "vnic-link-down" => on_vm("vnic-link-down", Severity::Error, Layer::Virtual),
         "route-reject" => {
             // which route or rule rejects it, from the routing hop's facts
             let facts: Vec<String> = t.hops.last().map(|h| h.facts.clone()).unwrap_or_default();
@@ -899,30 +866,13 @@ fn finding_from_trace(
                     )))
                 })
                 .collect();
-            Finding::new(
-                cause.as_str(),
-                Severity::Error,
-                Layer::Virtual,
-                format!("{}: {reason}", vm.name),
-            )
-            .subject([vm.name.clone()])
-            .evidence([trail])
-            .affects([vm.name.clone()])
-            .commands(fixes)
+            on_vm(cause.as_str(), Severity::Error, Layer::Virtual).commands(fixes)
         }
         "no-listener" => Finding::new("port-closed", Severity::Error, Layer::Guest, reason.clone())
             .subject([what.to_string()])
             .evidence([trail])
             .affects([vm.name.clone()]),
-        _ => Finding::new(
-            "path-dropped",
-            Severity::Error,
-            Layer::Virtual,
-            format!("{}: {reason}", vm.name),
-        )
-        .subject([vm.name.clone()])
-        .evidence([trail])
-        .affects([vm.name.clone()]),
+        _ => on_vm("path-dropped", Severity::Error, Layer::Virtual),
     };
     Some(f)
 }

@@ -4,19 +4,22 @@
 
 use std::collections::BTreeSet;
 
-/// Codes in the sources: `Finding::new("code"` (also across a line break), and the codes
-/// chosen by a variable before `Finding::new(code, ...)`.
+/// Codes in the sources: `Finding::new("code"` (also across a line break) and `on_vm("code"`,
+/// and the codes chosen by a variable before `Finding::new(code, ...)`.
 fn source_codes() -> BTreeSet<String> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
     let mut out = BTreeSet::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let text = std::fs::read_to_string(e.path()).unwrap();
-        let mut rest = text.as_str();
-        while let Some(i) = rest.find("Finding::new(") {
-            rest = &rest[i + "Finding::new(".len()..];
-            let arg = rest.trim_start();
-            if let Some(lit) = arg.strip_prefix('"') {
-                out.insert(lit.split('"').next().unwrap().to_string());
+        // `Finding::new("code", ...)`, and paths.rs's `on_vm("code", ...)` shorthand for it
+        for call in ["Finding::new(", "on_vm("] {
+            let mut rest = text.as_str();
+            while let Some(i) = rest.find(call) {
+                rest = &rest[i + call.len()..];
+                let arg = rest.trim_start();
+                if let Some(lit) = arg.strip_prefix('"') {
+                    out.insert(lit.split('"').next().unwrap().to_string());
+                }
             }
         }
     }

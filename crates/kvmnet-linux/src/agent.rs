@@ -40,7 +40,9 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-fn b64decode(s: &str) -> Vec<u8> {
+/// Decodes standard base64 (the agent's `guest-exec` output, HTTP basic auth); characters
+/// outside the alphabet, padding included, are skipped.
+pub fn b64decode(s: &str) -> Vec<u8> {
     let val = |c: u8| -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => u32::from(c - b'A'),

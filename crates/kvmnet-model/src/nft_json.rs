@@ -162,6 +162,11 @@ fn family(v: &Value) -> Result<NftFamily, String> {
     )
 }
 
+/// `family`, `table` and `name` of an object that lives in a table.
+fn table_and_name(v: &Value) -> Result<(NftFamily, &str, &str), String> {
+    Ok((family(v)?, str_of(v, "table")?, str_of(v, "name")?))
+}
+
 fn str_of<'v>(v: &'v Value, key: &str) -> Result<&'v str, String> {
     v.get(key)
         .and_then(Value::as_str)
@@ -268,8 +273,7 @@ impl Builder<'_> {
                 "rule" => self.add_rule(body, insert)?,
                 "set" | "map" => self.add_set(body, kind == "map")?,
                 "element" => {
-                    let fam = family(body)?;
-                    let (tn, name) = (str_of(body, "table")?, str_of(body, "name")?);
+                    let (fam, tn, name) = table_and_name(body)?;
                     let t = self.table_mut(fam, tn);
                     let Some(si) = t.sets.iter().position(|s| s.name == name) else {
                         return Err(format!("element: no set {name} in table {fam} {tn}"));
@@ -279,8 +283,7 @@ impl Builder<'_> {
                     add_elements(&mut t.sets[si], &elems, &tys)?;
                 }
                 "flowtable" => {
-                    let fam = family(body)?;
-                    let (tn, name) = (str_of(body, "table")?, str_of(body, "name")?);
+                    let (fam, tn, name) = table_and_name(body)?;
                     let t = self.table_mut(fam, tn);
                     if !t.flowtables.iter().any(|f| f == name) {
                         t.flowtables.push(name.to_string());
@@ -288,8 +291,7 @@ impl Builder<'_> {
                 }
                 "counter" | "quota" | "ct helper" | "limit" | "ct timeout" | "ct expectation"
                 | "secmark" | "synproxy" | "tunnel" => {
-                    let fam = family(body)?;
-                    let (tn, name) = (str_of(body, "table")?, str_of(body, "name")?);
+                    let (fam, tn, name) = table_and_name(body)?;
                     let t = self.table_mut(fam, tn);
                     if !t.objects.iter().any(|o| o.kind == *kind && o.name == name) {
                         t.objects.push(NftObject {
@@ -305,8 +307,7 @@ impl Builder<'_> {
     }
 
     fn add_chain(&mut self, body: &Value) -> Result<(), String> {
-        let fam = family(body)?;
-        let (tn, name) = (str_of(body, "table")?, str_of(body, "name")?);
+        let (fam, tn, name) = table_and_name(body)?;
         let hook = match body.get("hook").and_then(Value::as_str) {
             Some(h) => {
                 let prio = match body.get("prio") {
@@ -435,8 +436,7 @@ impl Builder<'_> {
     }
 
     fn add_set(&mut self, body: &Value, map: bool) -> Result<(), String> {
-        let fam = family(body)?;
-        let (tn, name) = (str_of(body, "table")?, str_of(body, "name")?);
+        let (fam, tn, name) = table_and_name(body)?;
         let key = body
             .get("type")
             .ok_or_else(|| format!("set {name}: missing \"type\""))?;
@@ -602,8 +602,7 @@ impl Builder<'_> {
                     }
                 }
                 "chain" => {
-                    let fam = family(body)?;
-                    let (tn, name) = (str_of(body, "table")?, str_of(body, "name")?);
+                    let (fam, tn, name) = table_and_name(body)?;
                     if let Some(c) = self
                         .table_mut(fam, tn)
                         .chains
@@ -614,8 +613,7 @@ impl Builder<'_> {
                     }
                 }
                 "set" | "map" => {
-                    let fam = family(body)?;
-                    let (tn, name) = (str_of(body, "table")?, str_of(body, "name")?);
+                    let (fam, tn, name) = table_and_name(body)?;
                     if let Some(s) = self
                         .table_mut(fam, tn)
                         .sets

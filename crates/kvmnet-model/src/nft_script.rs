@@ -1029,18 +1029,12 @@ impl Rule<'_> {
             None if looks_numeric(w.split('-').next().unwrap_or("")) => return Ok(scalar(&w)),
             None => return Err("expected :port".into()),
         };
-        if p.is_empty() || !looks_numeric(p.split('-').next().unwrap_or("")) {
-            // an expression after the colon
-            let rest: Vec<T> = std::iter::once(T {
-                tok: Tok::Word(p.to_string()),
-                line: 0,
-            })
-            .filter(|_| !p.is_empty())
-            .collect();
-            if !rest.is_empty() {
-                return Err("port expression".into());
-            }
+        if p.is_empty() {
+            // `to :tcp dport map { ... }`: an expression after the colon
             return self.value_expr();
+        }
+        if !looks_numeric(p.split('-').next().unwrap_or("")) {
+            return Err("port expression".into());
         }
         Ok(scalar(p))
     }

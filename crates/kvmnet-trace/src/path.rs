@@ -155,6 +155,8 @@ pub struct Tracer<'a> {
     vms: FnvMap<&'a str, usize>,
     /// Rule texts, rendered once on first use: (family, table, chain, handle) -> text.
     texts: std::sync::Mutex<FnvMap<RuleRef, std::sync::Arc<str>>>,
+    /// The host-side devices of every vNIC.
+    vnic_devs: FnvMap<&'a str, ()>,
     /// Static (permanent/noarp) neighbour entries with a MAC, by address.
     static_neigh: FnvMap<IpAddr, Vec<&'a kvmnet_model::Neighbour>>,
     /// Bridge FDB entries that learning may not move (sticky or not dynamic), by MAC.
@@ -228,6 +230,12 @@ impl<'a> Tracer<'a> {
                 .map(|(i, v)| (v.name.as_str(), i))
                 .collect(),
             texts: std::sync::Mutex::new(FnvMap::default()),
+            vnic_devs: state
+                .vms
+                .iter()
+                .flat_map(|v| v.vnics.iter().filter_map(|n| n.host_dev.as_deref()))
+                .map(|d| (d, ()))
+                .collect(),
             static_neigh: {
                 let mut m: FnvMap<IpAddr, Vec<&kvmnet_model::Neighbour>> = FnvMap::default();
                 for n in state.neighbours.iter().filter(|n| {
@@ -260,6 +268,36 @@ impl<'a> Tracer<'a> {
     /// A link by name (indexed).
     pub fn link(&self, name: &str) -> Option<&'a Link> {
         self.links.get(name).copied()
+    }
+
+    /// A port of bridge `br` (other than `from`) that leads off the host: not a known guest's
+    /// vNIC, up and forwarding. Physical NICs and bonds first.
+    pub fn lan_port(&self, br: &str, from: &str) -> Option<String> {
+        let mut ports: Vec<&Link> = self
+            .state
+            .ports_of(br)
+            .filter(|p| p.name != from && p.admin_up && p.is_usable())
+            .filter(|p| {
+                p.bridge_port
+                    .as_ref()
+                    .is_none_or(|bp| bp.state == PortState::Forwarding)
+            })
+            .filter(|p| !self.vnic_devs.contains_key(p.name.as_str()))
+            .collect();
+        ports.sort_by_key(|p| match p.kind {
+            LinkKind::Physical | LinkKind::Bond => 0,
+            LinkKind::Vlan | LinkKind::Vxlan => 1,
+            _ => 2,
+        });
+        ports.first().map(|p| p.name.clone())
+    }
+
+    /// True when the host's own neighbour entry for `ip` on `dev` is FAILED (it tried to
+    /// resolve it and nothing answered).
+    pub fn host_failed_to_resolve(&self, dev: &str, ip: IpAddr) -> bool {
+        self.state.neighbours.iter().any(|n| {
+            n.ifname == dev && n.address == ip && n.state == kvmnet_model::ip::NeighState::Failed
+        })
     }
 
     fn dev(&self, name: &str) -> Option<&Dev> {
@@ -1484,12 +1522,8 @@ impl<'a> Walk<'_, 'a> {
         // to elsewhere, a tap of a VM kvmnet does not know): what answers there is out of
         // sight, unless the host itself already failed to resolve it
         if !host_any {
-            if let Some(lan) = self.lan_port(br, port) {
-                let failed = s.neighbours.iter().any(|n| {
-                    n.ifname == br
-                        && n.address == nh
-                        && n.state == kvmnet_model::ip::NeighState::Failed
-                });
+            if let Some(lan) = self.t.lan_port(br, port) {
+                let failed = self.t.host_failed_to_resolve(br, nh);
                 if failed {
                     return Err(self.drop(
                         &stage,
@@ -1740,34 +1774,6 @@ impl<'a> Walk<'_, 'a> {
         }
     }
 
-    /// A port of `br` (other than `from`) that leads off the host: not a known guest's vNIC,
-    /// up and forwarding. Physical NICs first.
-    fn lan_port(&self, br: &str, from: &str) -> Option<String> {
-        let s = self.t.state;
-        let mut ports: Vec<&Link> = s
-            .ports_of(br)
-            .filter(|p| p.name != from && p.admin_up && p.is_usable())
-            .filter(|p| {
-                p.bridge_port
-                    .as_ref()
-                    .is_none_or(|bp| bp.state == PortState::Forwarding)
-            })
-            .filter(|p| {
-                !s.vms.iter().any(|v| {
-                    v.vnics
-                        .iter()
-                        .any(|n| n.host_dev.as_deref() == Some(p.name.as_str()))
-                })
-            })
-            .collect();
-        ports.sort_by_key(|p| match p.kind {
-            LinkKind::Physical | LinkKind::Bond => 0,
-            LinkKind::Vlan | LinkKind::Vxlan => 1,
-            _ => 2,
-        });
-        ports.first().map(|p| p.name.clone())
-    }
-
     /// The bridge's forwarding database for a guest's MAC: an entry that pins the MAC to
     /// another port (sticky, or static where the guest's port does not learn) sends every frame
     /// for the guest there.
@@ -1777,11 +1783,12 @@ impl<'a> Walk<'_, 'a> {
         let Some(mac) = vm.vnics[o.vnic].mac else {
             return Ok(());
         };
-        let learns = self
-            .t
-            .link(port)
-            .and_then(|l| l.bridge_port.as_ref())
-            .is_none_or(|p| p.learning);
+        let learns = || {
+            self.t
+                .link(port)
+                .and_then(|l| l.bridge_port.as_ref())
+                .is_none_or(|p| p.learning)
+        };
         let pinned = self
             .t
             .pinned_fdb
@@ -1790,7 +1797,7 @@ impl<'a> Walk<'_, 'a> {
                 v.iter().find(|f| {
                     f.ifname != port
                         && self.t.link(&f.ifname).and_then(|l| l.master.as_deref()) == Some(br)
-                        && (f.sticky || !learns)
+                        && (f.sticky || !learns())
                 })
             })
             .copied();

@@ -6,9 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use assert_cmd::Command;
+mod common;
+
 use kvmnet_testkit::{require_cmd, require_root, Lab};
-use serde_json::Value;
 
 const TARGET: &str = "2001:db8:ffff::1";
 const GW: &str = "2001:db8:0:1::1";
@@ -196,36 +196,6 @@ fn faults() -> Vec<(&'static str, Inject)> {
     ]
 }
 
-fn trace_delivered(lab: &Lab, args: &[String]) -> (bool, String) {
-    let out = Command::cargo_bin("kvmnet")
-        .unwrap()
-        .args(["trace", "--json", "--netns", lab.hv.name()])
-        .args(args)
-        .output()
-        .unwrap();
-    let code = out.status.code().unwrap_or(-1);
-    assert!(
-        code == 0 || code == 3,
-        "trace failed ({code}): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let verdict = &v["verdict"];
-    let delivered = verdict["verdict"] == "delivered";
-    let why = format!(
-        "{} at {}: {}",
-        verdict["cause"]
-            .as_str()
-            .unwrap_or(verdict["verdict"].as_str().unwrap_or("")),
-        verdict["at"].as_str().unwrap_or(""),
-        verdict["reason"]
-            .as_str()
-            .or(verdict["what"].as_str())
-            .unwrap_or("")
-    );
-    (delivered, why)
-}
-
 #[test]
 fn ipv6_trace_agrees_with_the_kernel() {
     if !require_root("ipv6_trace_agrees_with_the_kernel") {
@@ -259,7 +229,8 @@ fn ipv6_trace_agrees_with_the_kernel() {
                             for g in &lab.guests {
                                 g.ns.ip(&["neigh", "flush", "all"]).unwrap();
                             }
-                            let (sim, why) = trace_delivered(&lab, &(f.args)(&lab));
+                            let (sim, why) =
+                                common::trace_delivered(lab.hv.name(), &(f.args)(&lab));
                             let real = (f.real)(&lab);
                             (sim, real, why)
                         })

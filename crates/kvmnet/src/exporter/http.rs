@@ -42,31 +42,6 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn b64decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        })
-    };
-    let mut out = vec![];
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes().filter_map(val) {
-        acc = (acc << 6) | c;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
-}
-
 impl Conn {
     fn authorized(&self, header: Option<&str>) -> bool {
         if self.web.users.is_empty() {
@@ -76,7 +51,10 @@ impl Conn {
         if self.verified.lock().is_ok_and(|v| v.contains(h)) {
             return true;
         }
-        let Some(cred) = h.strip_prefix("Basic ").map(|c| b64decode(c.trim())) else {
+        let Some(cred) = h
+            .strip_prefix("Basic ")
+            .map(|c| kvmnet_linux::agent::b64decode(c.trim()))
+        else {
             return false;
         };
         let cred = String::from_utf8_lossy(&cred).into_owned();

@@ -95,3 +95,36 @@ pub fn eventually_value<T>(what: &str, secs: u64, f: impl Fn() -> Option<T>) -> 
     }
     panic!("timed out waiting until {what}");
 }
+
+/// `kvmnet trace --json --netns NETNS ARGS`: (delivered, why not).
+pub fn trace_delivered(netns: &str, args: &[String]) -> (bool, String) {
+    let out = Command::cargo_bin("kvmnet")
+        .unwrap()
+        .args(["trace", "--json", "--netns", netns])
+        .args(args)
+        .output()
+        .unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 3,
+        "trace failed ({code}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let verdict = &v["verdict"];
+    let delivered = verdict["verdict"] == "delivered";
+    let why = if delivered {
+        "delivered".to_string()
+    } else {
+        format!(
+            "{} at {}: {}",
+            verdict["cause"].as_str().unwrap_or("unknown"),
+            verdict["at"].as_str().unwrap_or(""),
+            verdict["reason"]
+                .as_str()
+                .or(verdict["what"].as_str())
+                .unwrap_or("")
+        )
+    };
+    (delivered, why)
+}
